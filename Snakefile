@@ -1,0 +1,25 @@
+# robustcore: which training samples to keep, and how to train on them, for robustness at less compute.
+# Stages live in workflow/rules/<stage>.smk; all logic is in the robustcore package (src/).
+
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/proxy.smk"
+include: "workflow/rules/score.smk"
+include: "workflow/rules/coreset.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/report/index.md",

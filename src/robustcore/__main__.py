@@ -1,0 +1,5 @@
+import sys
+
+from robustcore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,294 @@
+"""Thin command-line interface: one subcommand per workflow stage, explicit paths in and out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from robustcore.io import DivergedError, InputError
+
+
+def _json_arg(text: str) -> dict[str, Any]:
+    """Parse a JSON object given on the command line."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _write_log_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    import pandas as pd
+
+    from robustcore.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    """Write a dataset's train/test arrays (or index tables) and meta.json."""
+    from robustcore import data
+
+    params = dict(args.params)
+    source = params.pop("source")
+    root = params.pop("root", None) or args.data_root
+    download = params.pop("download", False)
+    meta = data.prepare(source, args.out, data_root=root, download=download, **params)
+    print(
+        f"prepared {source}: {meta['n_train']} train / {meta['n_test']} test samples -> {args.out}"
+    )
+
+
+def _setup(args: argparse.Namespace):
+    from robustcore.runtime import resolve_device, seed_everything
+
+    device = resolve_device(args.device)
+    generator = seed_everything(args.seed, args.threads)
+    return device, generator
+
+
+def _fresh_model(args: argparse.Namespace, device):  # noqa: ANN001
+    """The dataset's meta, the model spec and a freshly initialised model on `device`."""
+    from robustcore import data, models
+
+    meta = data.load_meta(args.data)
+    spec = models.model_spec(args.model["arch"], args.model.get("kwargs", {}), meta)
+    return meta, spec, models.build(spec).to(device)
+
+
+def cmd_proxy(args: argparse.Namespace) -> None:
+    """Train a proxy on the full training set and record per-sample dynamics every epoch."""
+    from robustcore import data, models
+    from robustcore.dynamics import train_proxy
+    from robustcore.io import write_json
+
+    device, generator = _setup(args)
+    train, _ = data.load(args.data)
+    meta, spec, model = _fresh_model(args, device)
+    log, cost = train_proxy(
+        model,
+        train,
+        args.training,
+        device=device,
+        generator=generator,
+        out_dir=args.out,
+        image_size=meta.get("image_size"),
+    )
+    out = Path(args.out)
+    _write_log_csv(out / "log.csv", log)
+    write_json(out / "cost.json", {**cost.as_dict(), "seed": args.seed, "training": args.training})
+    models.save(model, spec, out)
+    print(f"proxy trained: final train acc {log[-1]['train_acc']:.4f} -> {out}")
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    """Compute a per-sample score from a trained proxy."""
+    import time
+
+    from robustcore.io import write_json, write_parquet
+    from robustcore.scores import METHODS, NATURAL_ORDER, aign, read_dynamics
+
+    method = args.params["method"]
+    if method not in METHODS:
+        raise InputError(f"score method {method!r} unknown; expected one of {list(METHODS)}")
+    started = time.perf_counter()
+    epochs = read_dynamics(Path(args.proxy) / "dynamics")
+    frame = aign(epochs, args.params.get("first_epoch", 1), args.params.get("last_epoch"))
+    out = Path(args.out)
+    write_parquet(out, frame)
+    write_json(
+        out.with_suffix(".json"),
+        {
+            "method": method,
+            "natural_order": NATURAL_ORDER[method],
+            "params": args.params,
+            "n": len(frame),
+            "wall_seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+    print(f"score {method}: {len(frame)} samples -> {out}")
+
+
+def cmd_coreset(args: argparse.Namespace) -> None:
+    """Select the kept training samples and write their indices and labels."""
+    import numpy as np
+    import pandas as pd
+
+    from robustcore.io import read_npz, read_parquet, write_json, write_parquet
+    from robustcore.select import select
+
+    params = args.params
+    keep = params.get("keep", "low")
+    if args.scores:
+        scores = read_parquet(args.scores, ["index", "label", "score"])
+        index, labels, score = (scores[c].to_numpy() for c in ("index", "label", "score"))
+    else:
+        labels = read_npz(Path(args.data) / "train.npz", ["labels"])["labels"]
+        index, score = np.arange(len(labels), dtype=np.int64), None
+        if keep not in ("random", "all"):
+            raise InputError(f"coreset keep {keep!r} needs --scores; without scores use 'random'")
+    if keep == "all":
+        kept, info = index, {"size": len(index), "n_total": len(index), "fraction": 1.0}
+    else:
+        kept, info = select(
+            index,
+            labels,
+            score,
+            args.fraction,
+            keep=keep,
+            balanced=params.get("balanced", True),
+            seed=args.seed,
+            min_per_class=params.get("min_per_class", 0),
+        )
+    label_of = pd.Series(labels, index=index)
+    frame = pd.DataFrame({"index": kept, "label": label_of.loc[kept].to_numpy()})
+    write_parquet(args.out, frame)
+    counts = frame["label"].value_counts().sort_index()
+    info.setdefault("per_class", {str(k): int(v) for k, v in counts.items()})
+    write_json(Path(args.out).with_suffix(".json"), {**info, "params": params, "seed": args.seed})
+    print(f"coreset: kept {len(frame)} of {len(index)} -> {args.out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train a model on a coreset under a regime."""
+    from robustcore import data, models
+    from robustcore.io import read_parquet, write_json
+    from robustcore.train import REGIMES, fit
+
+    regime = args.regime.get("type", "standard")
+    if regime not in REGIMES:
+        raise InputError(f"regime type {regime!r} unknown; expected one of {list(REGIMES)}")
+    device, generator = _setup(args)
+    train, _ = data.load(args.data)
+    kept = read_parquet(args.coreset, ["index", "label"])["index"].to_numpy()
+    if len(kept) == 0 or kept.min() < 0 or kept.max() >= len(train):
+        raise InputError(f"{args.coreset}: indices must lie in 0..{len(train) - 1}")
+    meta, spec, model = _fresh_model(args, device)
+    loader = data.Loader(
+        train, args.regime["batch_size"], device, indices=kept, image_size=meta.get("image_size")
+    )
+    log, cost = fit(model, loader, args.regime, generator=generator, desc="train")
+    out = Path(args.out)
+    _write_log_csv(out / "log.csv", log)
+    write_json(
+        out / "cost.json",
+        {**cost.as_dict(), "seed": args.seed, "n_train": len(kept), "regime": args.regime},
+    )
+    models.save(model, spec, out)
+    print(f"trained on {len(kept)} samples: final train acc {log[-1]['train_acc']:.4f} -> {out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Clean and robust test accuracy of a trained model under one attack."""
+    from robustcore import data, models
+    from robustcore.evaluate import evaluate
+    from robustcore.io import write_json, write_parquet
+    from robustcore.runtime import resolve_device, seed_everything
+
+    device = resolve_device(args.device)
+    seed_everything(args.seed, args.threads)
+    model = models.load(args.model, device)
+    _, test = data.load(args.data)
+    image_size = data.load_meta(args.data).get("image_size")
+    loader = data.Loader(test, args.attack.get("batch_size", 256), device, image_size=image_size)
+    summary, frame = evaluate(model, loader, args.attack, seed=args.seed)
+    out = Path(args.out)
+    write_parquet(out.with_suffix(".parquet"), frame)
+    write_json(out, {**summary, "run": args.tags})
+    print(f"clean {summary['clean_acc']:.4f} robust {summary['robust_acc']:.4f} -> {out}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Render a study's tables and figures, or the index linking all studies."""
+    from robustcore import report
+
+    if args.index:
+        report.write_index(args.out, args.study)
+    else:
+        report.write_study(args.out, args.study, args.inputs)
+    print(f"report -> {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The robustcore argument parser."""
+    parser = argparse.ArgumentParser(prog="robustcore", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:  # noqa: ANN001
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    def torch_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+        p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+    p = add("prepare", cmd_prepare, "write a dataset's arrays and meta.json")
+    p.add_argument("--params", type=_json_arg, required=True, help="dataset entry (JSON)")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--out", required=True)
+
+    p = add("proxy", cmd_proxy, "train a proxy and record per-sample dynamics")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--model", type=_json_arg, required=True, help="model entry (JSON)")
+    p.add_argument("--training", type=_json_arg, required=True, help="training settings (JSON)")
+    p.add_argument("--out", required=True)
+    torch_opts(p)
+
+    p = add("score", cmd_score, "compute per-sample scores from a proxy")
+    p.add_argument("--proxy", required=True, help="proxy folder (with dynamics/)")
+    p.add_argument("--params", type=_json_arg, required=True, help="score entry (JSON)")
+    p.add_argument("--out", required=True)
+
+    p = add("coreset", cmd_coreset, "select a coreset")
+    p.add_argument("--data", required=True)
+    p.add_argument("--scores", default=None)
+    p.add_argument("--params", type=_json_arg, required=True, help="selection entry (JSON)")
+    p.add_argument("--fraction", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+
+    p = add("train", cmd_train, "train a model on a coreset")
+    p.add_argument("--data", required=True)
+    p.add_argument("--coreset", required=True)
+    p.add_argument("--model", type=_json_arg, required=True, help="model entry (JSON)")
+    p.add_argument("--regime", type=_json_arg, required=True, help="regime entry (JSON)")
+    p.add_argument("--out", required=True)
+    torch_opts(p)
+
+    p = add("evaluate", cmd_evaluate, "clean and robust accuracy on the test set")
+    p.add_argument("--model", required=True, help="run folder or its model.pt")
+    p.add_argument("--data", required=True)
+    p.add_argument("--attack", type=_json_arg, required=True, help="attack entry (JSON)")
+    p.add_argument("--tags", type=_json_arg, default={}, help="run identity stored in the output")
+    p.add_argument("--out", required=True, help="summary .json (per-sample .parquet beside it)")
+    torch_opts(p)
+
+    p = add("report", cmd_report, "render a study's tables and figures, or the index")
+    p.add_argument("--study", type=_json_arg, required=True, help="study entry (JSON)")
+    p.add_argument("--index", action="store_true", help="write index.md for all studies")
+    p.add_argument("--out", required=True)
+    p.add_argument("inputs", nargs="*", help="evaluation .json files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a subcommand; bad input exits 2 with a one-line message."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, DivergedError) as err:
+        print(f"robustcore {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Proxy training that records each sample's loss, margin and input-gradient norm every epoch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustcore.data import Loader, Split
+from robustcore.io import InputError, write_parquet
+from robustcore.models import has_batch_coupling
+from robustcore.runtime import eval_mode, frozen
+from robustcore.train import Cost, fit
+
+CAPTURES = ("eval", "train_step")
+COLUMNS = ["index", "label", "loss", "correct", "margin", "input_grad_norm"]
+
+
+def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """True-class logit minus the largest other logit (negative when misclassified)."""
+    true_logit = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return true_logit - others.max(dim=1).values
+
+
+def _rows(
+    index: torch.Tensor,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    losses: torch.Tensor,
+    input_grad: torch.Tensor,
+) -> dict[str, np.ndarray]:
+    """One batch of dynamics rows as NumPy columns."""
+    return {
+        "index": index.cpu().numpy().astype(np.int64),
+        "label": y.cpu().numpy().astype(np.int64),
+        "loss": losses.float().cpu().numpy(),
+        "correct": (logits.argmax(1) == y).cpu().numpy(),
+        "margin": logit_margin(logits, y).float().cpu().numpy(),
+        "input_grad_norm": input_grad.flatten(1).norm(dim=1).float().cpu().numpy(),
+    }
+
+
+def per_sample_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each sample's own loss, logits and input gradient: eval mode, no weight gradients."""
+    with eval_mode(model), frozen(model):
+        x = x.detach().requires_grad_(True)
+        logits = model(x)
+        losses = F.cross_entropy(logits, y, reduction="none")
+        # In eval mode samples do not interact, so the gradient of the sum is each sample's own.
+        (input_grad,) = torch.autograd.grad(losses.sum(), x)
+    return {"logits": logits.detach(), "losses": losses.detach(), "input_grad": input_grad}
+
+
+def capture_epoch(model: nn.Module, loader: Loader) -> pd.DataFrame:
+    """An eval-mode pass over the (unaugmented) training set: one dynamics row per sample."""
+    parts = []
+    for index, x, y in loader.epoch(shuffle=False):
+        stats = per_sample_stats(model, x, y)
+        parts.append(_rows(index, stats["logits"], y, stats["losses"], stats["input_grad"]))
+    return _frame(parts)
+
+
+def _frame(parts: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Concatenate batch columns into a frame sorted by sample index."""
+    frame = pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in COLUMNS})
+    return frame.sort_values("index", kind="stable").reset_index(drop=True)
+
+
+def train_proxy(
+    model: nn.Module,
+    train: Split,
+    spec: dict[str, Any],
+    *,
+    device: torch.device,
+    generator: torch.Generator,
+    out_dir: str | os.PathLike,
+    image_size: int | None = None,
+) -> tuple[list[dict[str, float]], Cost]:
+    """Train the proxy on all training samples, writing dynamics/epochNNN.parquet each epoch."""
+    capture = spec.get("capture", "eval")
+    if capture not in CAPTURES:
+        raise InputError(f"proxy capture {capture!r} unknown; expected one of {list(CAPTURES)}")
+    if capture == "train_step" and has_batch_coupling(model):
+        raise InputError(
+            "proxy capture 'train_step' needs a model without BatchNorm: in train mode BatchNorm "
+            "mixes the samples of a batch, so input gradients from the training backward are not "
+            "each sample's own. Use capture: eval (the default)."
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".dynamics.", dir=out_dir))
+    loader = Loader(train, spec["batch_size"], device, image_size=image_size)
+    eval_batch = spec.get("eval_batch_size", 4 * spec["batch_size"])
+    eval_loader = Loader(train, eval_batch, device, image_size=image_size)
+    cost = Cost(device=str(device))
+    batches: list[dict[str, np.ndarray]] = []
+
+    def record_step(index, logits, y, losses, input_grad) -> None:  # noqa: ANN001
+        batches.append(_rows(index, logits, y, losses, input_grad))
+
+    def after_epoch(epoch: int) -> dict[str, float]:
+        if capture == "eval":
+            frame = capture_epoch(model, eval_loader)
+            cost.add("capture", len(frame))
+        else:
+            frame = _frame(batches)
+            batches.clear()
+        write_parquet(staging / f"epoch{epoch:03d}.parquet", frame)
+        return {"mean_input_grad_norm": float(frame["input_grad_norm"].mean())}
+
+    try:
+        log, cost = fit(
+            model,
+            loader,
+            spec,
+            generator=generator,
+            record_step=record_step if capture == "train_step" else None,
+            after_epoch=after_epoch,
+            cost=cost,
+            desc="proxy",
+        )
+        # Publish the epoch files only once the whole run succeeded.
+        final = out_dir / "dynamics"
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return log, cost

@@ -1,0 +1,193 @@
+"""Study tables and figures, generated only from the evaluation files."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robustcore.io import InputError, atomic_path, read_json
+
+METRICS = ("clean_acc", "robust_acc")
+ID_COLUMNS = ["selection", "fraction", "attack"]
+
+
+def collect(eval_files: list[str | os.PathLike]) -> pd.DataFrame:
+    """One row per evaluation file: its run identity and its accuracies."""
+    rows = []
+    for path in eval_files:
+        summary = read_json(path)
+        run = summary.get("run", {})
+        missing = [k for k in ("selection", "fraction", "seed", "attack") if k not in run]
+        if missing:
+            raise InputError(f"{path}: run tags {missing} missing; was it written by evaluate?")
+        rows.append(
+            {**run, **{m: summary[m] for m in METRICS}, "n": summary["n"], "path": str(path)}
+        )
+    return pd.DataFrame(rows)
+
+
+def expected_cells(study: dict[str, Any]) -> pd.DataFrame:
+    """Every (selection, fraction, attack, seed) the study defines, full data as fraction 1."""
+    arms = [(s, float(f)) for s in study["selections"] for f in study["fractions"]]
+    if study.get("full", True):
+        arms.append(("full", 1.0))
+    return pd.DataFrame(
+        [
+            {"selection": s, "fraction": f, "attack": a, "seed": seed}
+            for s, f in arms
+            for a in study["attacks"]
+            for seed in study["seeds"]
+        ]
+    )
+
+
+def summarize(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds per (selection, fraction, attack); runless cells kept, marked."""
+    cells = expected_cells(study)
+    if runs.empty:
+        runs = pd.DataFrame(columns=[*ID_COLUMNS, "seed", *METRICS])
+    runs = runs.assign(fraction=runs["fraction"].astype(float))
+    merged = cells.merge(
+        runs[[*ID_COLUMNS, "seed", *METRICS]], on=[*ID_COLUMNS, "seed"], how="left"
+    )
+    missing = merged[merged["clean_acc"].isna()]
+    if len(missing):
+        warnings.warn(
+            f"study {study['name']}: {len(missing)} of {len(merged)} runs missing or failed: "
+            + ", ".join(
+                f"{r.selection} f={r.fraction:g} {r.attack} seed {r.seed}"
+                for r in missing.head(10).itertuples()
+            ),
+            stacklevel=2,
+        )
+    grouped = merged.groupby(ID_COLUMNS, sort=False)
+    table = grouped.agg(
+        seeds=("clean_acc", "count"),
+        seeds_expected=("seed", "count"),
+        clean_mean=("clean_acc", "mean"),
+        clean_std=("clean_acc", "std"),
+        robust_mean=("robust_acc", "mean"),
+        robust_std=("robust_acc", "std"),
+    ).reset_index()
+    table["missing"] = table["seeds"] < table["seeds_expected"]
+    return table
+
+
+def _cell(mean: float, std: float, seeds: int, expected: int) -> str:
+    """A 'mean ± std' cell in percent, marked when runs are missing."""
+    if seeds == 0:
+        return "missing"
+    text = f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if seeds > 1 else "")
+    return text if seeds == expected else f"{text} ({seeds}/{expected} seeds)"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The study table as Markdown: accuracies in percent, mean ± std over seeds."""
+    header = "| selection | fraction | attack | seeds | clean acc. (%) | robust acc. (%) |"
+    lines = [header, "|---|---:|---|---:|---:|---:|"]
+    for r in table.itertuples():
+        lines.append(
+            f"| {r.selection} | {r.fraction:g} | {r.attack} | {r.seeds} | "
+            f"{_cell(r.clean_mean, r.clean_std, r.seeds, r.seeds_expected)} | "
+            f"{_cell(r.robust_mean, r.robust_std, r.seeds, r.seeds_expected)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_fraction(table: pd.DataFrame, study: dict[str, Any], stem: Path) -> None:
+    """Clean and robust accuracy against coreset fraction, one line per selection; PNG and PDF."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = list(dict.fromkeys(table["attack"]))
+    fig, axes = plt.subplots(
+        len(attacks), 2, figsize=(9, 3.6 * len(attacks)), squeeze=False, sharex=True
+    )
+    styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    for row, attack in enumerate(attacks):
+        for col, (metric, label) in enumerate(
+            (("clean", "clean"), ("robust", f"robust ({attack})"))
+        ):
+            ax = axes[row, col]
+            part = table[table["attack"] == attack]
+            for i, selection in enumerate(study["selections"]):
+                line = part[part["selection"] == selection].sort_values("fraction")
+                ax.errorbar(
+                    line["fraction"],
+                    100 * line[f"{metric}_mean"],
+                    yerr=100 * line[f"{metric}_std"].fillna(0),
+                    label=selection,
+                    color="black",
+                    linestyle=styles[i % len(styles)],
+                    marker=markers[i % len(markers)],
+                    markerfacecolor="white" if i % 2 else "black",
+                    capsize=3,
+                )
+            full = part[part["selection"] == "full"]
+            if len(full) and full["seeds"].iloc[0] > 0:
+                mean = 100 * full[f"{metric}_mean"].iloc[0]
+                ax.axhline(mean, color="gray", linestyle="--", linewidth=1, label="full data")
+            ax.set_xlabel("coreset fraction f (share of training set)")
+            ax.set_ylabel(f"{label} accuracy (%)")
+            ax.grid(alpha=0.3)
+        axes[row, 0].legend(fontsize=8)
+    seeds = len(study["seeds"])
+    fig.suptitle(f"{study['name']}: {study['dataset']}, mean ± std over {seeds} seed(s)")
+    fig.tight_layout()
+    for suffix in (".png", ".pdf"):
+        with atomic_path(stem.with_suffix(suffix)) as tmp:
+            fig.savefig(tmp, format=suffix[1:], dpi=150)
+    plt.close(fig)
+
+
+def write_study(
+    out_dir: str | os.PathLike, study: dict[str, Any], eval_files: list[str]
+) -> pd.DataFrame:
+    """Write tables/accuracy.{csv,md} and figures/accuracy_vs_fraction.{png,pdf} for a study."""
+    out_dir = Path(out_dir)
+    table = summarize(study, collect(eval_files))
+    with atomic_path(out_dir / "tables" / "accuracy.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6f")
+    with atomic_path(out_dir / "tables" / "accuracy.md") as tmp:
+        tmp.write_text(markdown_table(table))
+    plot_fraction(table, study, out_dir / "figures" / "accuracy_vs_fraction")
+    return table
+
+
+def write_index(out_file: str | os.PathLike, studies: dict[str, Any]) -> None:
+    """results/report/index.md: every study's table inline and links to its files."""
+    out_file = Path(out_file)
+    root = out_file.parent
+    lines = ["# robustcore report", ""]
+    for name, study in studies.items():
+        table_md = root / name / "tables" / "accuracy.md"
+        if not table_md.is_file():
+            raise InputError(f"{table_md}: study table missing; run the report rule for {name!r}")
+        csv = pd.read_csv(root / name / "tables" / "accuracy.csv")
+        lines += [
+            f"## {name}",
+            "",
+            f"Dataset `{study['dataset']}`, proxy `{study['proxy']}`, model `{study['model']}`, "
+            f"regime `{study['regime']}`, seeds {study['seeds']}; accuracies in % as mean ± std "
+            "over seeds (sample std).",
+            "",
+            table_md.read_text(),
+            f"- Table: [CSV]({name}/tables/accuracy.csv), [Markdown]({name}/tables/accuracy.md)",
+            f"- Figure: [PNG]({name}/figures/accuracy_vs_fraction.png), "
+            f"[PDF]({name}/figures/accuracy_vs_fraction.pdf)",
+            "",
+            f"![accuracy against fraction]({name}/figures/accuracy_vs_fraction.png)",
+            "",
+        ]
+        if bool(np.any(csv["missing"])):
+            lines += ["**Warning:** some runs are missing; their cells are marked.", ""]
+    with atomic_path(out_file) as tmp:
+        tmp.write_text("\n".join(lines))

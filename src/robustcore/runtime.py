@@ -1,0 +1,75 @@
+"""Device choice, seeding and model-mode handling shared by the training and attack code."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustcore.io import InputError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Map 'auto' to cuda, then mps, then cpu; check an explicit device exists."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'"
+        )
+    return device
+
+
+def seed_everything(seed: int, threads: int | None = None) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator for data order and augmentation."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (third-party code may use the global RNG)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.Generator().manual_seed(seed)
+
+
+def device_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A generator living on `device`, for random starts drawn where the tensors are."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put the model in eval mode and restore each module's previous mode afterwards."""
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in zip(model.modules(), modes, strict=True):
+            module.training = mode
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Switch off parameter gradients so a backward pass computes input gradients only."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def show_progress() -> bool:
+    """Progress bars only when a human is watching a terminal."""
+    return sys.stderr.isatty()

@@ -1,0 +1,25 @@
+"""Small synthetic data shared by the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robustcore import data
+
+
+def make_split(n: int = 48, shape: tuple[int, ...] = (1, 8, 8), classes: int = 3, seed: int = 0):
+    """Random uint8 images whose class shifts the mean brightness, so a model can learn them."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int64) % classes
+    images = rng.integers(0, 120, size=(n, *shape)) + (labels * 60).reshape(-1, *[1] * len(shape))
+    return data.Split(labels=labels, images=images.clip(0, 255).astype(np.uint8))
+
+
+def meta_for(split: data.Split, classes: int) -> dict:
+    """A meta.json-like dict for a synthetic split."""
+    return {
+        "shape": list(split.images.shape[1:]),
+        "num_classes": classes,
+        "mean": [0.5],
+        "std": [0.25],
+    }

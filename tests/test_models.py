@@ -1,0 +1,85 @@
+"""Model registry: every arch builds, normalization comes first, save/load round-trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustcore import models
+from robustcore.io import InputError
+
+CASES = [
+    ("mlp", {"hidden": [16]}, [2], 2),
+    ("small_cnn", {"width": 8}, [1, 8, 8], 10),
+    ("resnet18", {"width": 8}, [3, 32, 32], 10),
+    ("vgg16", {}, [3, 32, 32], 100),
+    ("resnet50", {}, [3, 64, 64], 1000),
+]
+
+
+def _spec(arch, kwargs, shape, classes):
+    channels = shape[0] if len(shape) == 3 else shape[0]
+    meta = {
+        "shape": shape,
+        "num_classes": classes,
+        "mean": [0.5] * channels,
+        "std": [0.25] * channels,
+    }
+    return models.model_spec(arch, kwargs, meta)
+
+
+@pytest.mark.parametrize(("arch", "kwargs", "shape", "classes"), CASES)
+def test_every_arch_builds_and_normalizes_first(arch, kwargs, shape, classes):
+    model = models.build(_spec(arch, kwargs, shape, classes)).eval()
+    assert isinstance(model[0], models.Normalize)
+    x = torch.rand(2, *shape)
+    with torch.no_grad():
+        assert model(x).shape == (2, classes)
+        # The first layer maps [0, 1] input to (x - mean) / std.
+        assert torch.allclose(model[0](x), (x - 0.5) / 0.25)
+
+
+def test_cifar_resnet18_has_small_stem():
+    net = models.build(_spec("resnet18", {}, [3, 32, 32], 10))[1]
+    assert net[0].kernel_size == (3, 3) and net[0].stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
+
+
+def test_save_load_round_trip(tmp_path):
+    spec = _spec("small_cnn", {"width": 8}, [1, 8, 8], 10)
+    model = models.build(spec)
+    with torch.no_grad():
+        model[1][1].running_mean.add_(0.3)  # a buffer must travel too
+    models.save(model, spec, tmp_path)
+    loaded = models.load(tmp_path / "model.pt")
+    assert not loaded.training
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), loaded(x))
+    assert models.load(tmp_path).state_dict().keys() == model.state_dict().keys()
+
+
+def test_load_rejects_corrupt_or_mismatched_files(tmp_path):
+    spec = _spec("small_cnn", {"width": 8}, [1, 8, 8], 10)
+    models.save(models.build(spec), spec, tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="model.pt"):
+        models.load(tmp_path)
+    models.save(models.build(_spec("mlp", {}, [1, 8, 8], 10)), spec, tmp_path)
+    with pytest.raises(InputError, match="model.pt"):
+        models.load(tmp_path)
+
+
+def test_unknown_arch_and_options_are_named():
+    with pytest.raises(InputError, match="unknown model arch 'resnet9'"):
+        models.build({**_spec("mlp", {}, [2], 2), "arch": "resnet9"})
+    with pytest.raises(InputError, match="bad options"):
+        models.build(_spec("mlp", {"depth": 3}, [2], 2))
+
+
+def test_batch_coupling_detection():
+    assert models.has_batch_coupling(models.build(_spec("resnet18", {"width": 4}, [3, 32, 32], 10)))
+    assert not models.has_batch_coupling(models.build(_spec("mlp", {}, [2], 2)))
+    assert not models.has_batch_coupling(
+        models.build(_spec("small_cnn", {"batch_norm": False}, [1, 8, 8], 10))
+    )

@@ -1,0 +1,133 @@
+"""The workflow end to end on a tiny config, what reruns after a change, bad config stops early."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "datasets": {"digits": {"source": "digits"}},
+    "models": {"mlp": {"arch": "mlp", "kwargs": {"hidden": [32]}}},
+    "regimes": {"quick": {"epochs": 2, "batch_size": 128, "lr": 0.05}},
+    "proxies": {"mlp": {"model": "mlp", "regime": "quick"}},
+    "scores": {"aign": {"method": "aign"}},
+    "selections": {"random": {"keep": "random"}, "easy": {"score": "aign", "keep": "low"}},
+    "attacks": {"pgd": {"type": "pgd", "eps": 0.05, "steps": 2, "step_size": 0.025}},
+    "studies": {
+        "tiny": {
+            "dataset": "digits",
+            "proxy": "mlp",
+            "model": "mlp",
+            "regime": "quick",
+            "selections": ["random", "easy"],
+            "fractions": [0.5],
+            "full": False,
+            "seeds": [0],
+            "attacks": ["pgd"],
+        }
+    },
+}
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None):
+    """Run the repository's workflow in `workdir` with `config` as its config.yaml."""
+    if config is not None:
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def planned_jobs(result) -> dict[str, int]:
+    """The dry-run's job table as {rule: count}."""
+    table = result.stdout.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_end_to_end_then_nothing_to_do_then_only_the_changed_fraction(tmp_path):
+    run = snakemake(tmp_path, config=TINY)
+    assert run.returncode == 0, run.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "results/report/tiny/tables/accuracy.csv")
+    assert list(table["selection"]) == ["random", "easy"]
+    assert table["seeds"].tolist() == [1, 1]
+    assert ((table["robust_mean"] <= table["clean_mean"]) & (table["clean_mean"] > 0.3)).all()
+    coreset = pd.read_parquet(tmp_path / "results/coresets/digits/easy-f0.5-mlp-seed0.parquet")
+    assert len(coreset) == round(0.5 * 1347)
+    scores = pd.read_parquet(tmp_path / "results/scores/digits/mlp/seed0/aign.parquet")
+    kept = set(coreset["index"])
+    # Easy keeps each class's lowest AIGN: no dropped sample of a class scores below a kept one.
+    for label, group in scores.groupby("label"):
+        inside = group[group["index"].isin(kept)]["score"]
+        outside = group[~group["index"].isin(kept)]["score"]
+        assert inside.max() <= outside.min(), label
+    dynamics = pd.read_parquet(
+        tmp_path / "results/proxy/digits/mlp/seed0/dynamics/epoch002.parquet"
+    )
+    assert len(dynamics) == 1347
+    assert (tmp_path / "results/report/index.md").is_file()
+    assert (tmp_path / "logs/train_model").is_dir() and (tmp_path / "logs/benchmarks").is_dir()
+
+    again = snakemake(tmp_path, "-n")
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    changed = {**TINY, "studies": {"tiny": {**TINY["studies"]["tiny"], "fractions": [0.3]}}}
+    plan = snakemake(tmp_path, "-n", config=changed)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert planned_jobs(plan) == {
+        "select_coreset": 2,
+        "train_model": 2,
+        "evaluate_model": 2,
+        "report_study": 1,
+        "report_index": 1,
+        "all": 1,
+    }
+
+
+BAD = [
+    (["scores", "aign", "method"], "aign_v2", "scores.aign.method = 'aign_v2': expected one of"),
+    (["studies", "tiny", "dataset"], "cifar11", "studies.tiny.dataset = 'cifar11' is not defined"),
+    (["models", "mlp", "arch"], "resnet9", "models.mlp.arch = 'resnet9': expected one of"),
+    (["studies", "tiny", "fractions"], [0.5, 1.5], "studies.tiny.fractions.1: 1.5 is greater"),
+    (["studies", "tiny", "fractions"], [0], "studies.tiny.fractions.0: 0 is less than or equal"),
+    (["studies", "tiny", "selections"], ["random", "eazy"], "studies.tiny.selections = 'eazy'"),
+    (["regimes", "quick", "epoch"], 3, "regimes.quick: unknown key(s) ['epoch']; allowed keys:"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BAD)
+def test_bad_config_fails_before_any_job(tmp_path, path, value, message):
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    node = config
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_data_root_is_named(tmp_path):
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["datasets"]["digits"] = {"source": "mnist"}
+    config["data_root"] = str(tmp_path / "no-such-root")
+    result = snakemake(tmp_path, "-n", config=config)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "datasets.digits: data root" in out and "no-such-root does not exist" in out
+    assert "MNIST/raw/" in out

@@ -1,0 +1,26 @@
+rule train_model:
+    input:
+        data=data_files("{dataset}"),
+        coreset="results/coresets/{dataset}/{coreset}.parquet",
+    output:
+        model="results/runs/{dataset}/{model}/{regime}/{coreset}/seed{seed}/model.pt",
+        spec="results/runs/{dataset}/{model}/{regime}/{coreset}/seed{seed}/model.json",
+        log_csv="results/runs/{dataset}/{model}/{regime}/{coreset}/seed{seed}/log.csv",
+        cost="results/runs/{dataset}/{model}/{regime}/{coreset}/seed{seed}/cost.json",
+    log:
+        "logs/train_model/{dataset}/{model}/{regime}/{coreset}/seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/train_model/{dataset}/{model}/{regime}/{coreset}/seed{seed}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]
+    params:
+        model=lambda wc: as_json(config["models"][wc.model]),
+        regime=lambda wc: as_json(config["regimes"][wc.regime]),
+        device=config["device"],
+    shell:
+        "python -m robustcore train --data results/data/{wildcards.dataset} --coreset {input.coreset} "
+        "--model {params.model:q} --regime {params.regime:q} --seed {wildcards.seed} "
+        "--device {params.device:q} --threads {threads} "
+        "--out results/runs/{wildcards.dataset}/{wildcards.model}/{wildcards.regime}/{wildcards.coreset}/seed{wildcards.seed} "
+        "> {log} 2>&1"

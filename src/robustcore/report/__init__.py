@@ -107,38 +107,36 @@ def plot_fraction(table: pd.DataFrame, study: dict[str, Any], stem: Path) -> Non
     import matplotlib.pyplot as plt
 
     attacks = list(dict.fromkeys(table["attack"]))
-    fig, axes = plt.subplots(
-        len(attacks), 2, figsize=(9, 3.6 * len(attacks)), squeeze=False, sharex=True
-    )
+    # Clean accuracy is the same model whatever the attack: one clean panel, one per attack.
+    panels = [("clean", attacks[0], "clean accuracy (%)")] + [
+        ("robust", attack, f"robust accuracy under {attack} (%)") for attack in attacks
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
-    for row, attack in enumerate(attacks):
-        for col, (metric, label) in enumerate(
-            (("clean", "clean"), ("robust", f"robust ({attack})"))
-        ):
-            ax = axes[row, col]
-            part = table[table["attack"] == attack]
-            for i, selection in enumerate(study["selections"]):
-                line = part[part["selection"] == selection].sort_values("fraction")
-                ax.errorbar(
-                    line["fraction"],
-                    100 * line[f"{metric}_mean"],
-                    yerr=100 * line[f"{metric}_std"].fillna(0),
-                    label=selection,
-                    color="black",
-                    linestyle=styles[i % len(styles)],
-                    marker=markers[i % len(markers)],
-                    markerfacecolor="white" if i % 2 else "black",
-                    capsize=3,
-                )
-            full = part[part["selection"] == "full"]
-            if len(full) and full["seeds"].iloc[0] > 0:
-                mean = 100 * full[f"{metric}_mean"].iloc[0]
-                ax.axhline(mean, color="gray", linestyle="--", linewidth=1, label="full data")
-            ax.set_xlabel("coreset fraction f (share of training set)")
-            ax.set_ylabel(f"{label} accuracy (%)")
-            ax.grid(alpha=0.3)
-        axes[row, 0].legend(fontsize=8)
+    for ax, (metric, attack, label) in zip(axes[0], panels, strict=True):
+        part = table[table["attack"] == attack]
+        for i, selection in enumerate(study["selections"]):
+            line = part[part["selection"] == selection].sort_values("fraction")
+            ax.errorbar(
+                line["fraction"],
+                100 * line[f"{metric}_mean"],
+                yerr=100 * line[f"{metric}_std"].fillna(0),
+                label=selection,
+                color="black",
+                linestyle=styles[i % len(styles)],
+                marker=markers[i % len(markers)],
+                markerfacecolor="white" if i % 2 else "black",
+                capsize=3,
+            )
+        full = part[part["selection"] == "full"]
+        if len(full) and full["seeds"].iloc[0] > 0:
+            mean = 100 * full[f"{metric}_mean"].iloc[0]
+            ax.axhline(mean, color="gray", linestyle="--", linewidth=1, label="full data")
+        ax.set_xlabel("coreset fraction f (share of training set)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
     seeds = len(study["seeds"])
     fig.suptitle(f"{study['name']}: {study['dataset']}, mean ± std over {seeds} seed(s)")
     fig.tight_layout()

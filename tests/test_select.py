@@ -512,6 +512,6 @@ def test_cifar_scale_ilp_equals_greedy_and_stays_small():
     assert np.array_equal(kept, greedy_select(index, labels, score, 0.1, keep="low"))
     assert info["size"] == 5_000 and info["status"] == "Optimal"
     seconds = info["build_seconds"] + info["solve_seconds"]
-    print(f"50,000 samples: build {info['build_seconds']:.3f} s, solve {info['solve_seconds']:.3f} s")
+    print(f"50,000: build {info['build_seconds']:.3f} s, solve {info['solve_seconds']:.3f} s")
     # A loose bound (measured ~0.6 s on 2 cores): catches quadratic model building, not noise.
     assert seconds < 30, seconds

@@ -102,8 +102,16 @@ BAD = [
     (["scores", "aign", "method"], "aign_v2", "scores.aign.method = 'aign_v2': expected one of"),
     (["studies", "tiny", "dataset"], "cifar11", "studies.tiny.dataset = 'cifar11' is not defined"),
     (["models", "mlp", "arch"], "resnet9", "models.mlp.arch = 'resnet9': expected one of"),
-    (["studies", "tiny", "fractions"], [0.5, 1.5], "studies.tiny.fractions.1: 1.5 is greater"),
-    (["studies", "tiny", "fractions"], [0], "studies.tiny.fractions.0: 0 is less than or equal"),
+    (
+        ["studies", "tiny", "fractions"],
+        [0.5, 1.5],
+        "studies.tiny.fractions.1 = 1.5: expected a value in (0, 1]",
+    ),
+    (
+        ["studies", "tiny", "fractions"],
+        [0],
+        "studies.tiny.fractions.0 = 0: expected a value in (0, 1]",
+    ),
     (["studies", "tiny", "selections"], ["random", "eazy"], "studies.tiny.selections = 'eazy'"),
     (["regimes", "quick", "epoch"], 3, "regimes.quick: unknown key(s) ['epoch']; allowed keys:"),
 ]

@@ -57,7 +57,7 @@ def pgd(
             f"attack eps, steps, step_size must be ≥ 0, got {eps}, {steps}, {step_size}"
         )
     x = x.detach()
-    if eps == 0 or steps == 0 and not random_start:
+    if eps == 0 or (steps == 0 and not random_start):
         return x.clone()
     delta = _random_start(x, eps, norm, generator) if random_start else torch.zeros_like(x)
     delta = (x + delta).clamp(0, 1) - x

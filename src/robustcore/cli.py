@@ -53,7 +53,7 @@ def _setup(args: argparse.Namespace):
     return device, generator
 
 
-def _fresh_model(args: argparse.Namespace, device):  # noqa: ANN001
+def _fresh_model(args: argparse.Namespace, device):
     """The dataset's meta, the model spec and a freshly initialised model on `device`."""
     from robustcore import data, models
 
@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robustcore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:  # noqa: ANN001
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=func)
         return p

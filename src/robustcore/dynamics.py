@@ -104,7 +104,7 @@ def train_proxy(
     cost = Cost(device=str(device))
     batches: list[dict[str, np.ndarray]] = []
 
-    def record_step(index, logits, y, losses, input_grad) -> None:  # noqa: ANN001
+    def record_step(index, logits, y, losses, input_grad) -> None:
         batches.append(_rows(index, logits, y, losses, input_grad))
 
     def after_epoch(epoch: int) -> dict[str, float]:

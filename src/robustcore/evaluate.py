@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robustcore.attacks import pgd
+from robustcore.attacks import fgsm, pgd
 from robustcore.data import Loader
 from robustcore.io import InputError
 from robustcore.runtime import device_generator, eval_mode
@@ -30,7 +30,7 @@ def craft(
     if kind == "none":
         return x
     if kind == "fgsm":
-        return pgd(model, x, y, eps=spec["eps"], steps=1, step_size=spec["eps"], random_start=False)
+        return fgsm(model, x, y, eps=spec["eps"])
     if kind == "pgd":
         return pgd(
             model,

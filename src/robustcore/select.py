@@ -227,7 +227,7 @@ def greedy_select(
     balanced: bool = True,
     seed: int = 0,
 ) -> np.ndarray:
-    """Reference without a solver: per-class sort and take the quota (used by tests, and as a fallback nowhere)."""  # noqa: E501
+    """Reference without a solver: per-class sort and take the quota (for tests and benchmarks)."""
     index, labels, fraction, keep, seed, rank = _prepare(index, labels, score, fraction, keep, seed)
     order = np.argsort(rank, kind="stable")  # best first
     if balanced:

@@ -7,6 +7,17 @@ import jsonschema
 import yaml
 from snakemake.utils import validate
 
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def interval(schema):
+    """The allowed range of a numeric schema in interval notation, e.g. (0, 1]."""
+    low = schema.get("exclusiveMinimum", schema.get("minimum", "-inf"))
+    high = schema.get("exclusiveMaximum", schema.get("maximum", "inf"))
+    left = "(" if "exclusiveMinimum" in schema or low == "-inf" else "["
+    right = ")" if "exclusiveMaximum" in schema or high == "inf" else "]"
+    return f"{left}{low}, {high}{right}"
+
 
 def explain_config_errors(schema_file):
     """Every schema violation as 'key: problem; expected ...' lines, before Snakemake's validate."""
@@ -27,6 +38,10 @@ def explain_config_errors(schema_file):
             problems.append(
                 f"{key} = {error.instance!r}: expected one of {error.validator_value}"
             )
+        elif error.validator in BOUNDS:
+            problems.append(
+                f"{key} = {error.instance!r}: expected a value in {interval(error.schema)}"
+            )
         else:
             problems.append(f"{key}: {error.message}")
     if problems:
@@ -39,15 +54,6 @@ validate(config, "../schemas/config.schema.yaml")
 
 NAME = "[a-z][a-z0-9_]*"
 FRACTION = "[0-9]+(?:[.][0-9]+)?(?:e-?[0-9]+)?"
-COPY_OF = (
-    "datasets",
-    "models",
-    "regimes",
-    "proxies",
-    "scores",
-    "selections",
-    "attacks",
-)
 TORCHVISION_FILES = {
     "mnist": "MNIST/raw/",
     "cifar10": "cifar-10-batches-py/",

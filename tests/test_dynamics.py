@@ -12,8 +12,9 @@ from helpers import make_split, meta_for
 from robustcore import models
 from robustcore.dynamics import logit_margin, per_sample_stats, train_proxy
 from robustcore.io import InputError
+from robustcore.probe import last_linear
 from robustcore.runtime import seed_everything
-from robustcore.scores import aign, read_dynamics
+from robustcore.scores import REGISTRY, ScoreInputs, read_dynamics
 
 
 def single_sample_reference(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray):
@@ -26,7 +27,8 @@ def single_sample_reference(model: torch.nn.Module, images: np.ndarray, labels: 
         y = torch.tensor([label])
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        (grad,) = torch.autograd.grad(loss, x)
+        head = last_linear(model)
+        grad, grad_w, grad_b = torch.autograd.grad(loss, [x, head.weight, head.bias])
         others = logits[0].clone()
         others[label] = float("-inf")
         rows.append(
@@ -35,6 +37,8 @@ def single_sample_reference(model: torch.nn.Module, images: np.ndarray, labels: 
                 "correct": bool(logits.argmax(1).item() == label),
                 "margin": (logits[0, label] - others.max()).item(),
                 "input_grad_norm": grad.norm().item(),
+                "el2n": (logits.softmax(1)[0] - F.one_hot(y, logits.shape[1])[0]).norm().item(),
+                "grad_norm_last": torch.cat([grad_w.flatten(), grad_b]).norm().item(),
             }
         )
     return pd.DataFrame(rows)
@@ -107,7 +111,7 @@ def test_proxy_dynamics_are_per_sample(tmp_path, capture):
     assert list(last["index"]) == list(range(44)), "one row per training sample, sorted by index"
     assert (last["label"].to_numpy() == split.labels).all()
     reference = single_sample_reference(model, split.images, split.labels)
-    for column in ("loss", "margin", "input_grad_norm"):
+    for column in ("loss", "margin", "input_grad_norm", "el2n", "grad_norm_last"):
         np.testing.assert_allclose(
             last[column], reference[column], rtol=1e-4, atol=1e-6, err_msg=column
         )
@@ -151,11 +155,15 @@ def test_aign_is_mean_over_window():
         )
         for e in (1, 2, 3)
     }
-    full = aign(frames).set_index("index")
+    inputs = ScoreInputs(index=np.array([0, 1]), labels=np.array([1, 0]), dynamics=frames)
+    full = REGISTRY["aign"](inputs).set_index("index")
     assert full.loc[1, "score"] == pytest.approx(2.0)
     assert full.loc[0, "score"] == pytest.approx(20.0)
-    window = aign(frames, first=2, last=3).set_index("index")
+    assert full.loc[0, "label"] == 1
+    window = REGISTRY["aign"](inputs, first_epoch=2, last_epoch=3).set_index("index")
     assert window.loc[1, "score"] == pytest.approx(2.5)
     assert window.loc[1, "n_epochs"] == 2
     with pytest.raises(InputError, match="window"):
-        aign(frames, first=2, last=5)
+        REGISTRY["aign"](inputs, first_epoch=2, last_epoch=5)
+    with pytest.raises(InputError, match="unknown parameter"):
+        REGISTRY["aign"](inputs, window=3)

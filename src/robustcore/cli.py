@@ -67,10 +67,12 @@ def cmd_proxy(args: argparse.Namespace) -> None:
     from robustcore import data, models
     from robustcore.dynamics import train_proxy
     from robustcore.io import write_json
+    from robustcore.probe import run_probe, save_probe
 
     device, generator = _setup(args)
     train, _ = data.load(args.data)
     meta, spec, model = _fresh_model(args, device)
+    size = meta.get("image_size")
     log, cost = train_proxy(
         model,
         train,
@@ -78,9 +80,13 @@ def cmd_proxy(args: argparse.Namespace) -> None:
         device=device,
         generator=generator,
         out_dir=args.out,
-        image_size=meta.get("image_size"),
+        image_size=size,
     )
     out = Path(args.out)
+    # The shared probe pass: penultimate features and logits of the final proxy.
+    probe_loader = data.Loader(train, 4 * args.training["batch_size"], device, image_size=size)
+    save_probe(out / "probe.npz", run_probe(model, probe_loader))
+    cost.add("probe", len(train), backward=False)
     _write_log_csv(out / "log.csv", log)
     write_json(out / "cost.json", {**cost.as_dict(), "seed": args.seed, "training": args.training})
     models.save(model, spec, out)
@@ -88,31 +94,71 @@ def cmd_proxy(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    """Compute a per-sample score from a trained proxy."""
+    """Compute a per-sample score (or a greedy pick order) from a trained proxy."""
+    import resource
     import time
 
     from robustcore.io import write_json, write_parquet
-    from robustcore.scores import METHODS, NATURAL_ORDER, aign, read_dynamics
+    from robustcore.runtime import resolve_device, seed_everything
+    from robustcore.scores import REGISTRY, load_inputs
 
-    method = args.params["method"]
-    if method not in METHODS:
-        raise InputError(f"score method {method!r} unknown; expected one of {list(METHODS)}")
+    params = dict(args.params)
+    name = params.pop("method")
+    if name not in REGISTRY:
+        raise InputError(f"score method {name!r} unknown; expected one of {sorted(REGISTRY)}")
+    method = REGISTRY[name]
+    device = resolve_device(args.device)
+    seed_everything(args.seed, args.threads)
+    inputs = load_inputs(method, args.proxy, args.data, device)
     started = time.perf_counter()
-    epochs = read_dynamics(Path(args.proxy) / "dynamics")
-    frame = aign(epochs, args.params.get("first_epoch", 1), args.params.get("last_epoch"))
+    frame = method(inputs, seed=args.seed, **params)
+    seconds = time.perf_counter() - started
     out = Path(args.out)
     write_parquet(out, frame)
     write_json(
         out.with_suffix(".json"),
         {
-            "method": method,
-            "natural_order": NATURAL_ORDER[method],
-            "params": args.params,
+            "method": name,
+            "natural_order": method.natural,
+            "kind": method.kind,
+            "needs": list(method.needs),
+            "params": {**method.defaults, **params},
+            "seed": args.seed,
             "n": len(frame),
-            "wall_seconds": round(time.perf_counter() - started, 3),
+            "wall_seconds": round(seconds, 3),
+            # ru_maxrss is in KiB on Linux: the job's peak resident memory, inputs included.
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "device": str(device),
         },
     )
-    print(f"score {method}: {len(frame)} samples -> {out}")
+    print(f"score {name}: {len(frame)} samples in {seconds:.2f} s -> {out}")
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> None:
+    """Sparse FGSM on the proxy: per sample and k, the softmax output and prediction."""
+    import time
+
+    from robustcore import data, models
+    from robustcore.io import write_json
+    from robustcore.runtime import resolve_device, seed_everything
+    from robustcore.sensitivity import sensitivity_table, write_sensitivity
+
+    device = resolve_device(args.device)
+    seed_everything(args.seed, args.threads)
+    model = models.load(args.proxy, device)
+    train, _ = data.load(args.data)
+    loader = data.Loader(train, args.params.get("batch_size", 256), device)
+    started = time.perf_counter()
+    table = sensitivity_table(
+        model, loader, eps=args.params["eps"], ks=args.params["ks"], mode=args.params["mode"]
+    )
+    seconds = time.perf_counter() - started
+    write_sensitivity(args.out, table)
+    write_json(
+        Path(args.out).with_suffix(".json"),
+        {"params": args.params, "n_rows": len(table), "wall_seconds": round(seconds, 3)},
+    )
+    print(f"sparse FGSM: {len(table)} rows in {seconds:.2f} s -> {args.out}")
 
 
 def cmd_coreset(args: argparse.Namespace) -> None:
@@ -120,14 +166,19 @@ def cmd_coreset(args: argparse.Namespace) -> None:
     import numpy as np
     import pandas as pd
 
-    from robustcore.io import read_npz, read_parquet, write_json, write_parquet
+    from robustcore.io import read_json, read_npz, read_parquet, write_json, write_parquet
     from robustcore.select import select
 
     params = args.params
     keep = params.get("keep", "low")
+    end = keep
     if args.scores:
         scores = read_parquet(args.scores, ["index", "label", "score"])
         index, labels, score = (scores[c].to_numpy() for c in ("index", "label", "score"))
+        if keep in ("top", "bottom"):
+            # top = the end the method's paper keeps (its natural order), bottom = the other end.
+            natural = read_json(Path(args.scores).with_suffix(".json"))["natural_order"]
+            keep = natural if end == "top" else {"low": "high", "high": "low"}[natural]
     else:
         labels = read_npz(Path(args.data) / "train.npz", ["labels"])["labels"]
         index, score = np.arange(len(labels), dtype=np.int64), None
@@ -151,7 +202,10 @@ def cmd_coreset(args: argparse.Namespace) -> None:
     write_parquet(args.out, frame)
     counts = frame["label"].value_counts().sort_index()
     info.setdefault("per_class", {str(k): int(v) for k, v in counts.items()})
-    write_json(Path(args.out).with_suffix(".json"), {**info, "params": params, "seed": args.seed})
+    write_json(
+        Path(args.out).with_suffix(".json"),
+        {**info, "end": end, "keep": keep, "params": params, "seed": args.seed},
+    )
     print(f"coreset: kept {len(frame)} of {len(index)} -> {args.out}")
 
 
@@ -243,9 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     torch_opts(p)
 
     p = add("score", cmd_score, "compute per-sample scores from a proxy")
-    p.add_argument("--proxy", required=True, help="proxy folder (with dynamics/)")
+    p.add_argument("--proxy", required=True, help="proxy folder (model, dynamics/, probe.npz)")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--params", type=_json_arg, required=True, help="score entry (JSON)")
     p.add_argument("--out", required=True)
+    torch_opts(p)
+
+    p = add("sensitivity", cmd_sensitivity, "Sparse FGSM outputs per training sample and k")
+    p.add_argument("--proxy", required=True, help="proxy folder")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--params", type=_json_arg, required=True, help="eps, ks, mode (JSON)")
+    p.add_argument("--out", required=True, help="sparse_fgsm.parquet")
+    torch_opts(p)
 
     p = add("coreset", cmd_coreset, "select a coreset")
     p.add_argument("--data", required=True)

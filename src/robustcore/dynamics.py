@@ -17,11 +17,36 @@ from torch import nn
 from robustcore.data import Loader, Split
 from robustcore.io import InputError, write_parquet
 from robustcore.models import has_batch_coupling
+from robustcore.probe import last_linear
 from robustcore.runtime import eval_mode, frozen
 from robustcore.train import Cost, fit
 
 CAPTURES = ("eval", "train_step")
-COLUMNS = ["index", "label", "loss", "correct", "margin", "input_grad_norm"]
+COLUMNS = [
+    "index",
+    "label",
+    "loss",
+    "correct",
+    "margin",
+    "input_grad_norm",
+    "el2n",
+    "grad_norm_last",
+]
+
+
+class HeadInputs:
+    """Keeps the latest input of the model's classifier head (its penultimate features)."""
+
+    def __init__(self, model: nn.Module):
+        self.latest: torch.Tensor | None = None
+        self._handle = last_linear(model).register_forward_hook(self._keep)
+
+    def _keep(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...], _out: object) -> None:
+        self.latest = inputs[0].detach()
+
+    def close(self) -> None:
+        """Remove the hook."""
+        self._handle.remove()
 
 
 def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -37,8 +62,16 @@ def _rows(
     y: torch.Tensor,
     losses: torch.Tensor,
     input_grad: torch.Tensor,
+    features: torch.Tensor,
 ) -> dict[str, np.ndarray]:
-    """One batch of dynamics rows as NumPy columns."""
+    """One batch of dynamics rows as NumPy columns.
+
+    el2n = ‖softmax − onehot‖₂ (Paul et al.); grad_norm_last = the norm of the loss gradient
+    with respect to the classifier head (W, b), ‖p − y‖·‖[h, 1]‖ for head input h.
+    """
+    residual = logits.float().softmax(1) - F.one_hot(y, logits.shape[1]).float()
+    el2n = residual.norm(dim=1)
+    feature_norm = (features.flatten(1).float().pow(2).sum(1) + 1).sqrt()
     return {
         "index": index.cpu().numpy().astype(np.int64),
         "label": y.cpu().numpy().astype(np.int64),
@@ -46,6 +79,8 @@ def _rows(
         "correct": (logits.argmax(1) == y).cpu().numpy(),
         "margin": logit_margin(logits, y).float().cpu().numpy(),
         "input_grad_norm": input_grad.flatten(1).norm(dim=1).float().cpu().numpy(),
+        "el2n": el2n.cpu().numpy(),
+        "grad_norm_last": (el2n * feature_norm).cpu().numpy(),
     }
 
 
@@ -60,12 +95,14 @@ def per_sample_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict
     return {"logits": logits.detach(), "losses": losses.detach(), "input_grad": input_grad}
 
 
-def capture_epoch(model: nn.Module, loader: Loader) -> pd.DataFrame:
+def capture_epoch(model: nn.Module, loader: Loader, head: HeadInputs) -> pd.DataFrame:
     """An eval-mode pass over the (unaugmented) training set: one dynamics row per sample."""
     parts = []
     for index, x, y in loader.epoch(shuffle=False):
         stats = per_sample_stats(model, x, y)
-        parts.append(_rows(index, stats["logits"], y, stats["losses"], stats["input_grad"]))
+        parts.append(
+            _rows(index, stats["logits"], y, stats["losses"], stats["input_grad"], head.latest)
+        )
     return _frame(parts)
 
 
@@ -105,11 +142,11 @@ def train_proxy(
     batches: list[dict[str, np.ndarray]] = []
 
     def record_step(index, logits, y, losses, input_grad) -> None:
-        batches.append(_rows(index, logits, y, losses, input_grad))
+        batches.append(_rows(index, logits, y, losses, input_grad, head.latest))
 
     def after_epoch(epoch: int) -> dict[str, float]:
         if capture == "eval":
-            frame = capture_epoch(model, eval_loader)
+            frame = capture_epoch(model, eval_loader, head)
             cost.add("capture", len(frame))
         else:
             frame = _frame(batches)
@@ -117,6 +154,7 @@ def train_proxy(
         write_parquet(staging / f"epoch{epoch:03d}.parquet", frame)
         return {"mean_input_grad_norm": float(frame["input_grad_norm"].mean())}
 
+    head = HeadInputs(model)
     try:
         log, cost = fit(
             model,
@@ -134,6 +172,7 @@ def train_proxy(
             shutil.rmtree(final)
         staging.rename(final)
     finally:
+        head.close()
         if staging.exists():
             shutil.rmtree(staging)
     return log, cost

@@ -90,8 +90,28 @@ def check_reference(key, value, section):
         config_error(key, value, config.get(section, {}))
 
 
+def expand_study_scores():
+    """A study's `scores` × `ends` become selections named <score>_<end> (defined if missing)."""
+    for study in config["studies"].values():
+        for score in study["scores"]:
+            for end in study["ends"]:
+                name = f"{score}_{end}"
+                config["selections"].setdefault(
+                    name,
+                    {"score": score, "keep": end, "balanced": True, "min_per_class": 0},
+                )
+                if name not in study["selections"]:
+                    study["selections"].append(name)
+
+
 def check_config():
     """Cross-references between config sections, and data roots, checked before any job."""
+    for name, entry in config.get("scores", {}).items():
+        if entry["method"] == "fgsm_cs" and abs(sum(entry["weights"]) - 1) > 1e-9:
+            raise ValueError(
+                f"config error: scores.{name}.weights = {entry['weights']}: the three weights "
+                "(w_adv, w_unc, w_rob) must sum to 1"
+            )
     for name, proxy in config.get("proxies", {}).items():
         check_reference(f"proxies.{name}.model", proxy["model"], "models")
         check_reference(f"proxies.{name}.regime", proxy["regime"], "regimes")
@@ -104,10 +124,18 @@ def check_config():
                 )
             check_reference(f"selections.{name}.score", selection["score"], "scores")
     for name, study in config["studies"].items():
+        for score in study["scores"]:
+            check_reference(f"studies.{name}.scores", score, "scores")
+    expand_study_scores()
+    for name, study in config["studies"].items():
         key = f"studies.{name}"
         check_reference(f"{key}.dataset", study["dataset"], "datasets")
         check_reference(f"{key}.model", study["model"], "models")
         check_reference(f"{key}.regime", study["regime"], "regimes")
+        if not study["selections"]:
+            raise ValueError(
+                f"config error: {key} has no selections and no scores to compare"
+            )
         for selection in study["selections"]:
             check_reference(f"{key}.selections", selection, "selections")
         if any(
@@ -224,6 +252,25 @@ def coreset_scores(wildcards):
         f"results/scores/{wildcards.dataset}/{parts['proxy']}/seed{parts['seed']}/"
         f"{selection['score']}.parquet"
     )
+
+
+# Score methods that read the proxy's Sparse-FGSM table (the others read only what the proxy
+# job writes, i.e. model, dynamics, probe). tests/test_workflow.py checks this against the package.
+SENSITIVITY_METHODS = ("isef", "fgsm_cs", "pss")
+
+
+def score_inputs(wildcards):
+    """The proxy files a score method reads."""
+    proxy = f"results/proxy/{wildcards.dataset}/{wildcards.proxy}/seed{wildcards.seed}"
+    files = {
+        "data": data_files(wildcards.dataset),
+        "model": f"{proxy}/model.pt",
+        "dynamics": f"{proxy}/dynamics",
+        "probe": f"{proxy}/probe.npz",
+    }
+    if config["scores"][wildcards.method]["method"] in SENSITIVITY_METHODS:
+        files["sensitivity"] = f"{proxy}/sparse_fgsm.parquet"
+    return files
 
 
 def coreset_params(wildcards):

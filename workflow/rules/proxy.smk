@@ -7,6 +7,7 @@ rule train_proxy:
         log_csv="results/proxy/{dataset}/{proxy}/seed{seed}/log.csv",
         cost="results/proxy/{dataset}/{proxy}/seed{seed}/cost.json",
         dynamics=directory("results/proxy/{dataset}/{proxy}/seed{seed}/dynamics"),
+        probe="results/proxy/{dataset}/{proxy}/seed{seed}/probe.npz",
     log:
         "logs/train_proxy/{dataset}/{proxy}/seed{seed}.log",
     benchmark:
@@ -23,3 +24,26 @@ rule train_proxy:
         "--training {params.training:q} --seed {wildcards.seed} --device {params.device:q} "
         "--threads {threads} --out results/proxy/{wildcards.dataset}/{wildcards.proxy}/seed{wildcards.seed} "
         "> {log} 2>&1"
+
+
+rule sparse_fgsm:
+    input:
+        data=data_files("{dataset}"),
+        model="results/proxy/{dataset}/{proxy}/seed{seed}/model.pt",
+    output:
+        table="results/proxy/{dataset}/{proxy}/seed{seed}/sparse_fgsm.parquet",
+        info="results/proxy/{dataset}/{proxy}/seed{seed}/sparse_fgsm.json",
+    log:
+        "logs/sparse_fgsm/{dataset}/{proxy}/seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/sparse_fgsm/{dataset}/{proxy}/seed{seed}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: config["threads"]
+    params:
+        sparse=lambda wc: as_json(config["proxies"][wc.proxy]["sparse_fgsm"]),
+        device=config["device"],
+    shell:
+        "python -m robustcore sensitivity --proxy results/proxy/{wildcards.dataset}/{wildcards.proxy}/seed{wildcards.seed} "
+        "--data results/data/{wildcards.dataset} --params {params.sparse:q} --seed {wildcards.seed} "
+        "--device {params.device:q} --threads {threads} --out {output.table} > {log} 2>&1"

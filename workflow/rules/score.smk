@@ -1,15 +1,20 @@
 rule score_samples:
     input:
-        dynamics="results/proxy/{dataset}/{proxy}/seed{seed}/dynamics",
+        unpack(score_inputs),
     output:
         scores="results/scores/{dataset}/{proxy}/seed{seed}/{method}.parquet",
         info="results/scores/{dataset}/{proxy}/seed{seed}/{method}.json",
     log:
         "logs/score_samples/{dataset}/{proxy}/seed{seed}/{method}.log",
+    benchmark:
+        "logs/benchmarks/score_samples/{dataset}/{proxy}/seed{seed}/{method}.tsv"
     conda:
         "../../envs/torch.yaml"
+    threads: config["threads"]
     params:
         score=lambda wc: as_json(config["scores"][wc.method]),
+        device=config["device"],
     shell:
         "python -m robustcore score --proxy results/proxy/{wildcards.dataset}/{wildcards.proxy}/seed{wildcards.seed} "
-        "--params {params.score:q} --out {output.scores} > {log} 2>&1"
+        "--data results/data/{wildcards.dataset} --params {params.score:q} --seed {wildcards.seed} "
+        "--device {params.device:q} --threads {threads} --out {output.scores} > {log} 2>&1"

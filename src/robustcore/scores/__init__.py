@@ -1,11 +1,59 @@
-"""Per-sample scores computed from a proxy; each method declares which end its paper keeps."""
+"""Per-sample scores computed from a proxy; each method declares which end its paper keeps.
+
+Methods register themselves in `REGISTRY` (see `base.register`); importing this package loads
+every method module.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robustcore.scores import dynamics  # noqa: F401  (registers its methods)
+from robustcore.scores.base import REGISTRY, Method, ScoreInputs, register
 from robustcore.scores.dynamics import aign, read_dynamics
 
-# Natural order: the end of the ranking the method's paper keeps ("low" = smallest scores).
-NATURAL_ORDER: dict[str, str] = {"aign": "low"}
-METHODS = tuple(NATURAL_ORDER)
+METHODS = REGISTRY
+NATURAL_ORDER = {name: method.natural for name, method in REGISTRY.items()}
 
-__all__ = ["METHODS", "NATURAL_ORDER", "aign", "read_dynamics"]
+__all__ = [
+    "METHODS",
+    "NATURAL_ORDER",
+    "REGISTRY",
+    "Method",
+    "ScoreInputs",
+    "aign",
+    "read_dynamics",
+    "register",
+]
+
+
+def load_inputs(
+    method: Method,
+    proxy_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    device: torch.device,
+) -> ScoreInputs:
+    """Read what `method` declares it needs from a proxy folder (and the dataset for `model`)."""
+    from robustcore import data, models
+    from robustcore.io import read_npz
+    from robustcore.probe import load_probe
+
+    proxy_dir = Path(proxy_dir)
+    labels = read_npz(Path(data_dir) / "train.npz", ["labels"])["labels"]
+    inputs = ScoreInputs(index=np.arange(len(labels), dtype=np.int64), labels=labels, device=device)
+    if "dynamics" in method.needs:
+        inputs.dynamics = read_dynamics(proxy_dir / "dynamics")
+    if "probe" in method.needs:
+        inputs.probe = load_probe(proxy_dir / "probe.npz")
+    if "sensitivity" in method.needs:
+        from robustcore.sensitivity import read_sensitivity
+
+        inputs.sensitivity = read_sensitivity(proxy_dir / "sparse_fgsm.parquet")
+    if "model" in method.needs:
+        inputs.model = models.load(proxy_dir, device)
+        inputs.train, _ = data.load(data_dir)
+    return inputs

@@ -6,12 +6,42 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from robustcore.io import InputError, read_parquet
+from robustcore.scores.base import ScoreInputs, frame, register
 
 _EPOCH_FILE = re.compile(r"epoch(\d{3,})\.parquet$")
-DYNAMICS_COLUMNS = ["index", "label", "loss", "correct", "margin", "input_grad_norm"]
+DYNAMICS_COLUMNS = [
+    "index",
+    "label",
+    "loss",
+    "correct",
+    "margin",
+    "input_grad_norm",
+    "el2n",
+    "grad_norm_last",
+]
+
+
+def epoch_window(epochs: dict[int, pd.DataFrame], first: int, last: int | None) -> list[int]:
+    """Epochs first..last (1-based, inclusive; last None = the final epoch), checked."""
+    last = max(epochs) if last is None else last
+    if not 1 <= first <= last <= max(epochs):
+        raise InputError(
+            f"epoch window [{first}, {last}] outside the proxy's epochs 1..{max(epochs)}"
+        )
+    return list(range(first, last + 1))
+
+
+def window_mean(epochs: dict[int, pd.DataFrame], column: str, window: list[int]) -> pd.Series:
+    """Mean of a dynamics column per sample over the given epochs, indexed by sample."""
+    chosen = [epochs[e].set_index("index")[column] for e in window]
+    for series in chosen[1:]:
+        if not series.index.equals(chosen[0].index):
+            raise InputError("dynamics files disagree on the sample indices")
+    return pd.concat(chosen, axis=1).mean(axis=1)
 
 
 def read_dynamics(dynamics_dir: str | os.PathLike) -> dict[int, pd.DataFrame]:
@@ -29,24 +59,13 @@ def read_dynamics(dynamics_dir: str | os.PathLike) -> dict[int, pd.DataFrame]:
     return epochs
 
 
-def aign(epochs: dict[int, pd.DataFrame], first: int = 1, last: int | None = None) -> pd.DataFrame:
-    """Average input-gradient norm per sample over epochs first..last (1-based, inclusive)."""
-    last = max(epochs) if last is None else last
-    if not 1 <= first <= last <= max(epochs):
-        raise InputError(
-            f"aign window [{first}, {last}] outside the proxy's epochs 1..{max(epochs)}"
-        )
-    chosen = [epochs[e].set_index("index") for e in range(first, last + 1)]
-    labels = chosen[0]["label"]
-    for frame in chosen[1:]:
-        if not frame.index.equals(chosen[0].index):
-            raise InputError("dynamics files disagree on the sample indices")
-    norms = pd.concat([f["input_grad_norm"] for f in chosen], axis=1)
-    return pd.DataFrame(
-        {
-            "index": labels.index.to_numpy(),
-            "label": labels.to_numpy(),
-            "score": norms.mean(axis=1).to_numpy(),
-            "n_epochs": len(chosen),
-        }
+@register("aign", natural="low", needs=("dynamics",), first_epoch=1, last_epoch=None)
+def aign(
+    inputs: ScoreInputs, *, seed: int, first_epoch: int, last_epoch: int | None
+) -> pd.DataFrame:
+    """EasyCore: average input-gradient norm over proxy epochs first..last (keep the lowest)."""
+    window = epoch_window(inputs.dynamics, first_epoch, last_epoch)
+    mean = window_mean(inputs.dynamics, "input_grad_norm", window)
+    return frame(
+        inputs, mean.loc[inputs.index].to_numpy(), n_epochs=np.full(len(mean), len(window))
     )

@@ -1,0 +1,109 @@
+"""One shared probe pass over the training set: penultimate features, logits, last-layer weights."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustcore.data import Loader
+from robustcore.io import InputError, read_npz, write_npz
+from robustcore.runtime import eval_mode
+
+PROBE_KEYS = ["index", "labels", "features", "logits", "last_weight", "last_bias"]
+
+
+@dataclass(frozen=True)
+class ProbeData:
+    """The proxy's view of every training sample (rows sorted by sample index)."""
+
+    index: np.ndarray  # int64 (N,)
+    labels: np.ndarray  # int64 (N,)
+    features: np.ndarray  # float32 (N, d): the input of the last linear layer
+    logits: np.ndarray  # float32 (N, C)
+    last_weight: np.ndarray  # float32 (C, d)
+    last_bias: np.ndarray  # float32 (C,)
+
+    @property
+    def probs(self) -> np.ndarray:
+        """Softmax of the logits, float64 for stable downstream sums."""
+        shifted = self.logits.astype(np.float64) - self.logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def residual(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """p − onehot(y): the cross-entropy gradient with respect to the logits."""
+        probs = self.probs[rows]
+        labels = self.labels[rows]
+        probs[np.arange(len(labels)), labels] -= 1.0
+        return probs
+
+    def grad_embedding(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Per-sample gradient of the CE loss with respect to (W, b) of the last layer, flattened.
+
+        For logits = W h + b the gradient is (p − y) hᵀ for W and (p − y) for b, so the row is
+        the outer product (p − y) ⊗ [h, 1], of length C·(d + 1).
+        """
+        residual = self.residual(rows)
+        features = self.features[rows].astype(np.float64)
+        augmented = np.concatenate([features, np.ones((len(features), 1))], axis=1)
+        return (residual[:, :, None] * augmented[:, None, :]).reshape(len(features), -1)
+
+    def grad_embedding_norm(self) -> np.ndarray:
+        """‖grad_embedding‖₂ per sample without materialising it: ‖p − y‖·‖[h, 1]‖."""
+        residual_norm = np.linalg.norm(self.residual(), axis=1)
+        feature_norm = np.sqrt((self.features.astype(np.float64) ** 2).sum(axis=1) + 1.0)
+        return residual_norm * feature_norm
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The model's final nn.Linear (the classifier head)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise InputError("the model has no nn.Linear classifier head to probe")
+    return linears[-1]
+
+
+def run_probe(model: nn.Module, loader: Loader) -> ProbeData:
+    """Forward the (unaugmented) training set once in eval mode, recording the head's input."""
+    head = last_linear(model)
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
+    index_parts, label_parts, feature_parts, logit_parts = [], [], [], []
+    try:
+        with eval_mode(model), torch.no_grad():
+            for index, x, y in loader.epoch(shuffle=False):
+                logits = model(x)
+                feature_parts.append(captured.pop().flatten(1).float().cpu().numpy())
+                logit_parts.append(logits.float().cpu().numpy())
+                index_parts.append(index.numpy())
+                label_parts.append(y.cpu().numpy())
+    finally:
+        hook.remove()
+    index = np.concatenate(index_parts).astype(np.int64)
+    order = np.argsort(index, kind="stable")
+    return ProbeData(
+        index=index[order],
+        labels=np.concatenate(label_parts).astype(np.int64)[order],
+        features=np.concatenate(feature_parts)[order],
+        logits=np.concatenate(logit_parts)[order],
+        last_weight=head.weight.detach().float().cpu().numpy(),
+        last_bias=(
+            head.bias.detach().float().cpu().numpy()
+            if head.bias is not None
+            else np.zeros(head.out_features, np.float32)
+        ),
+    )
+
+
+def save_probe(path: str | os.PathLike, probe: ProbeData) -> None:
+    """Write a probe as .npz, atomically."""
+    write_npz(path, **{key: getattr(probe, key) for key in PROBE_KEYS})
+
+
+def load_probe(path: str | os.PathLike) -> ProbeData:
+    """Read a probe .npz written by save_probe."""
+    return ProbeData(**read_npz(path, PROBE_KEYS))

@@ -98,6 +98,35 @@ def test_end_to_end_then_nothing_to_do_then_only_the_changed_fraction(tmp_path):
     }
 
 
+def test_every_method_yields_a_coreset_at_every_fraction(tmp_path):
+    """All registered methods run through the workflow on digits (coresets only, no training)."""
+    from robustcore.scores import REGISTRY
+
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["scores"] = {name: {"method": name} for name in REGISTRY}
+    config["proxies"]["mlp"]["sparse_fgsm"] = {"ks": [1, 4]}
+    config["studies"]["tiny"].update(
+        {"selections": ["random"], "scores": sorted(REGISTRY), "fractions": [0.1, 0.5]}
+    )
+    run = snakemake(tmp_path, "all_coresets", config=config)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for name in REGISTRY:
+        kept = {}
+        for end in ("top", "bottom"):
+            for fraction in (0.1, 0.5):
+                path = (
+                    tmp_path / f"results/coresets/digits/{name}_{end}-f{fraction}-mlp-seed0.parquet"
+                )
+                coreset = pd.read_parquet(path)
+                assert len(coreset) == round(fraction * 1347), (name, end, fraction)
+                kept[end, fraction] = set(coreset["index"])
+        # The two ends of a ranking at 10 % are different samples.
+        assert kept["top", 0.1] != kept["bottom", 0.1], name
+        # A prefix of an order (or of a ranking) grows: the 10 % set lies inside the 50 % set.
+        assert kept["top", 0.1] <= kept["top", 0.5], name
+    assert not (tmp_path / "results/runs").exists(), "all_coresets trains nothing"
+
+
 BAD = [
     (["scores", "aign", "method"], "aign_v2", "scores.aign.method = 'aign_v2': expected one of"),
     (["studies", "tiny", "dataset"], "cifar11", "studies.tiny.dataset = 'cifar11' is not defined"),

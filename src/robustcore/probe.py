@@ -29,14 +29,18 @@ class ProbeData:
 
     @property
     def probs(self) -> np.ndarray:
-        """Softmax of the logits, float64 for stable downstream sums."""
-        shifted = self.logits.astype(np.float64) - self.logits.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
+        """Softmax of all logits, float64 for stable downstream sums."""
+        return self.probabilities()
+
+    def probabilities(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Softmax of the logits of the given rows only (float64)."""
+        logits = self.logits[rows].astype(np.float64)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
 
     def residual(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         """p − onehot(y): the cross-entropy gradient with respect to the logits."""
-        probs = self.probs[rows]
+        probs = self.probabilities(rows)
         labels = self.labels[rows]
         probs[np.arange(len(labels)), labels] -= 1.0
         return probs

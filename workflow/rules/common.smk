@@ -234,6 +234,17 @@ def study_evals(wildcards):
     return files
 
 
+def study_coresets(wildcards):
+    """Every coreset file of every study (target `all_coresets`: select, do not train)."""
+    files = []
+    for study in config["studies"].values():
+        for selection, fraction in study_arms(study):
+            for seed in study["seeds"]:
+                name = coreset_name(selection, fraction, study["proxy"], seed)
+                files.append(f"results/coresets/{study['dataset']}/{name}.parquet")
+    return sorted(set(files))
+
+
 def study_json(wildcards):
     return as_json({"name": wildcards.study, **config["studies"][wildcards.study]})
 

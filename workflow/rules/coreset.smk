@@ -18,3 +18,8 @@ rule select_coreset:
         "python -m robustcore coreset --data results/data/{wildcards.dataset} {params.scores} "
         "--params {params.selection:q} --fraction {params.fraction} --seed {params.seed} "
         "--out {output.coreset} > {log} 2>&1"
+
+
+rule all_coresets:
+    input:
+        study_coresets,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustcore.scores import dynamics  # noqa: F401  (registers its methods)
+from robustcore.scores import dynamics, pointwise, sensitivity, sets  # noqa: F401 (registering)
 from robustcore.scores.base import REGISTRY, Method, ScoreInputs, register
 from robustcore.scores.dynamics import aign, read_dynamics
 

@@ -1,0 +1,44 @@
+"""The probe pass: features are the head input, the gradient embedding the head gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from helpers import make_split, meta_for
+
+from robustcore import data, models
+from robustcore.probe import last_linear, load_probe, run_probe, save_probe
+
+
+def _model_and_split():
+    torch.manual_seed(0)
+    split = make_split(30)
+    spec = models.model_spec("small_cnn", {"width": 8}, meta_for(split, 3))
+    return models.build(spec).eval(), split
+
+
+def test_probe_matches_single_sample_head_gradients(tmp_path):
+    model, split = _model_and_split()
+    model.train()
+    probe = run_probe(model, data.Loader(split, 7))
+    assert model.training, "mode restored"
+    assert list(probe.index) == list(range(30)) and (probe.labels == split.labels).all()
+    head = last_linear(model)
+    model.eval()
+    for row in (0, 13, 29):
+        x = torch.tensor(split.images[row : row + 1], dtype=torch.float32) / 255
+        logits = model(x)
+        loss = F.cross_entropy(logits, torch.tensor([split.labels[row]]))
+        grad_w, grad_b = torch.autograd.grad(loss, [head.weight, head.bias])
+        expected = torch.cat([grad_w, grad_b[:, None]], dim=1).flatten().numpy()
+        np.testing.assert_allclose(probe.logits[row], logits[0].detach().numpy(), rtol=1e-5)
+        np.testing.assert_allclose(probe.grad_embedding([row])[0], expected, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(
+            probe.grad_embedding_norm()[row], np.linalg.norm(expected), rtol=1e-4
+        )
+    np.testing.assert_allclose(probe.probs.sum(1), 1.0)
+    save_probe(tmp_path / "probe.npz", probe)
+    again = load_probe(tmp_path / "probe.npz")
+    assert np.array_equal(again.features, probe.features)
+    assert np.array_equal(again.last_weight, head.weight.detach().numpy())

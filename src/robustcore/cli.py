@@ -110,9 +110,12 @@ def cmd_score(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     seed_everything(args.seed, args.threads)
     inputs = load_inputs(method, args.proxy, args.data, device)
+    rss_before = _reset_peak_rss_mib()
     started = time.perf_counter()
     frame = method(inputs, seed=args.seed, **params)
     seconds = time.perf_counter() - started
+    method_peak = _proc_status_mib("VmHWM")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     out = Path(args.out)
     write_parquet(out, frame)
     write_json(
@@ -126,12 +129,38 @@ def cmd_score(args: argparse.Namespace) -> None:
             "seed": args.seed,
             "n": len(frame),
             "wall_seconds": round(seconds, 3),
-            # ru_maxrss is in KiB on Linux: the job's peak resident memory, inputs included.
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            # The job's peak resident memory (imports and inputs included), and how far the
+            # method itself raised it above the memory in use when it started.
+            "peak_rss_mib": round(peak, 1),
+            "method_peak_rss_mib": (
+                round(max(method_peak - rss_before, 0.0), 1)
+                if method_peak is not None and rss_before is not None
+                else None
+            ),
             "device": str(device),
         },
     )
     print(f"score {name}: {len(frame)} samples in {seconds:.2f} s -> {out}")
+
+
+def _proc_status_mib(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB; None where unavailable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss_mib() -> float | None:
+    """Reset this process's peak-RSS mark (Linux clear_refs) and return the RSS now."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    return _proc_status_mib("VmRSS")
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> None:

@@ -124,7 +124,8 @@ def plot_fraction(table: pd.DataFrame, study: dict[str, Any], stem: Path) -> Non
                 yerr=100 * line[f"{metric}_std"].fillna(0),
                 label=selection,
                 color="black",
-                linestyle=styles[i % len(styles)],
+                # Every (line style, marker) pair distinct, for up to 32 selections in grey scale.
+                linestyle=styles[(i + i // len(markers)) % len(styles)],
                 marker=markers[i % len(markers)],
                 markerfacecolor="white" if i % 2 else "black",
                 capsize=3,
@@ -136,13 +137,14 @@ def plot_fraction(table: pd.DataFrame, study: dict[str, Any], stem: Path) -> Non
         ax.set_xlabel("coreset fraction f (share of training set)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     seeds = len(study["seeds"])
     fig.suptitle(f"{study['name']}: {study['dataset']}, mean ± std over {seeds} seed(s)")
     fig.tight_layout()
     for suffix in (".png", ".pdf"):
         with atomic_path(stem.with_suffix(suffix)) as tmp:
-            fig.savefig(tmp, format=suffix[1:], dpi=150)
+            fig.savefig(tmp, format=suffix[1:], dpi=150, bbox_inches="tight")
     plt.close(fig)
 
 

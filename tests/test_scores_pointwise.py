@@ -16,10 +16,10 @@ from torch import nn
 
 import robustcore.scores.pointwise as pointwise
 from robustcore.data import Split
+from robustcore.dynamics import COLUMNS as DYNAMICS_COLUMNS
 from robustcore.io import InputError
 from robustcore.probe import ProbeData
 from robustcore.scores.base import REGISTRY, ScoreInputs
-from robustcore.scores.dynamics import DYNAMICS_COLUMNS
 
 
 # ------------------------------------------------------------------------------------- builders

@@ -143,6 +143,12 @@ BAD = [
     ),
     (["studies", "tiny", "selections"], ["random", "eazy"], "studies.tiny.selections = 'eazy'"),
     (["regimes", "quick", "epoch"], 3, "regimes.quick: unknown key(s) ['epoch']; allowed keys:"),
+    (["scores", "aign", "windw"], 3, "scores.aign: unknown key(s) ['windw']; allowed keys:"),
+    (["proxies", "mlp", "sparse_fgsm"], {"eps": -0.1}, "sparse_fgsm.eps = -0.1: expected a value"),
+    (["proxies", "mlp", "sparse_fgsm"], {"ks": [0, 4]}, "sparse_fgsm.ks.0 = 0: expected a value"),
+    (["proxies", "mlp", "sparse_fgsm"], {"ks": [1.5]}, "sparse_fgsm.ks.0: 1.5 is not of type"),
+    (["scores", "cs"], {"method": "fgsm_cs", "weights": [0.5, 0.3, 0.1]}, "must sum to 1"),
+    (["scores", "i"], {"method": "isef", "alpha": 1.5}, "scores.i.alpha = 1.5: expected a value"),
 ]
 
 

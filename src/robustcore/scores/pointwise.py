@@ -39,7 +39,7 @@ from robustcore.io import InputError
 from robustcore.probe import ProbeData
 from robustcore.runtime import eval_mode, frozen
 from robustcore.scores.base import ScoreInputs, frame, per_class_rows, register
-from robustcore.scores.dynamics import epoch_window
+from robustcore.scores.dynamics import checked_window, window_matrix
 
 PROBE_BLOCK = 65536  # probe rows processed at once (bounds the float64 temporaries)
 KNN_BLOCK_ROWS = 4096  # query rows per distance block
@@ -73,38 +73,6 @@ def _int_param(method: str, key: str, value: Any, minimum: int) -> int:
             f"score method {method!r}: {key} must be an integer ≥ {minimum}, got {value!r}"
         )
     return int(value)
-
-
-def _window(inputs: ScoreInputs, method: str, first_epoch: Any, last_epoch: Any) -> list[int]:
-    """The checked epoch window first_epoch..last_epoch; errors name the keys."""
-    epochs = _need(inputs, "dynamics", method)
-    if not epochs:
-        raise InputError(f"score method {method!r}: no dynamics epochs")
-    first = _int_param(method, "first_epoch", first_epoch, 1)
-    last = None if last_epoch is None else _int_param(method, "last_epoch", last_epoch, 1)
-    try:
-        return epoch_window(epochs, first, last)
-    except InputError as err:
-        raise InputError(
-            f"score method {method!r}: first_epoch={first_epoch!r}, "
-            f"last_epoch={last_epoch!r}: {err}"
-        ) from err
-
-
-def _window_matrix(inputs: ScoreInputs, column: str, window: list[int]) -> np.ndarray:
-    """A dynamics column as an N×E array (rows in `inputs.index` order, one column per epoch)."""
-    columns = []
-    for epoch in window:
-        series = inputs.dynamics[epoch].set_index("index")[column]
-        if not series.index.is_unique:
-            raise InputError(f"dynamics epoch {epoch}: duplicate sample indices")
-        missing = np.setdiff1d(inputs.index, series.index.to_numpy())
-        if missing.size:
-            raise InputError(
-                f"dynamics epoch {epoch}: {missing.size} samples missing (e.g. index {missing[0]})"
-            )
-        columns.append(series.reindex(inputs.index).to_numpy())
-    return np.stack(columns, axis=1)
 
 
 def _blocks(n: int, size: int) -> Iterator[slice]:
@@ -167,8 +135,8 @@ def forgetting(
     sampling of the same trajectory). A sample never classified correctly in the window is
     "forgotten infinitely often" (Toneva et al.), so it ranks above every finite count.
     """
-    window = _window(inputs, "forgetting", first_epoch, last_epoch)
-    correct = _window_matrix(inputs, "correct", window).astype(bool)
+    window = checked_window(inputs, "forgetting", first_epoch, last_epoch)
+    correct = window_matrix(inputs, "correct", window).astype(bool)
     events = (correct[:, :-1] & ~correct[:, 1:]).sum(axis=1).astype(np.int64)
     learned = correct.any(axis=1)
     score = np.where(learned, events.astype(np.float64), np.inf)
@@ -186,8 +154,8 @@ def el2n(
     proxies trained with different seeds, then average the per-seed score files by index.
     The default window (all epochs) is a trajectory average, not the paper's setting.
     """
-    window = _window(inputs, "el2n", first_epoch, last_epoch)
-    values = _window_matrix(inputs, "el2n", window).astype(np.float64)
+    window = checked_window(inputs, "el2n", first_epoch, last_epoch)
+    values = window_matrix(inputs, "el2n", window).astype(np.float64)
     return frame(inputs, values.mean(axis=1), n_epochs=np.full(len(values), len(window)))
 
 
@@ -202,8 +170,8 @@ def grand(
     parameters, which needs per-sample gradients through every layer. As for EL2N, the paper
     scores an early epoch averaged over several initialisations (window + replicate seeds).
     """
-    window = _window(inputs, "grand", first_epoch, last_epoch)
-    values = _window_matrix(inputs, "grad_norm_last", window).astype(np.float64)
+    window = checked_window(inputs, "grand", first_epoch, last_epoch)
+    values = window_matrix(inputs, "grad_norm_last", window).astype(np.float64)
     return frame(inputs, values.mean(axis=1), n_epochs=np.full(len(values), len(window)))
 
 

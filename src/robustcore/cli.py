@@ -242,11 +242,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     """Train a model on a coreset under a regime."""
     from robustcore import data, models
     from robustcore.io import read_parquet, write_json
-    from robustcore.train import REGIMES, fit
+    from robustcore.train import fit, regime_of
 
-    regime = args.regime.get("type", "standard")
-    if regime not in REGIMES:
-        raise InputError(f"regime type {regime!r} unknown; expected one of {list(REGIMES)}")
+    regime_of(args.regime)  # an unknown regime fails before any data is read
     device, generator = _setup(args)
     train, _ = data.load(args.data)
     kept = read_parquet(args.coreset, ["index", "label"])["index"].to_numpy()

@@ -1,4 +1,4 @@
-"""Training loop (regime `standard`): SGD with momentum, cosine schedule, on-device augmentation."""
+"""Training loop and regimes: SGD with momentum, cosine schedule, on-device augmentation."""
 
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ from torch import nn
 from tqdm import tqdm
 
 from robustcore.data import Loader
-from robustcore.io import DivergedError
+from robustcore.io import DivergedError, InputError
 from robustcore.runtime import show_progress
-
-REGIMES = ("standard",)
 
 # Called after each step with (index, logits, labels, per-sample losses, per-sample input grads).
 StepRecorder = Callable[
@@ -54,6 +52,92 @@ class Cost:
             "wall_seconds": round(self.wall_seconds, 3),
             "device": self.device,
         }
+
+
+@dataclass
+class StepContext:
+    """What a regime's step may use besides the model and the batch."""
+
+    spec: dict[str, Any]  # the regime entry, the regime's defaults filled in
+    epoch: int  # 1-based
+    generator: torch.Generator  # CPU: data order, augmentation, subset choices
+    device_generator: torch.Generator  # on the model's device: random starts
+    cost: Cost  # count every forward/backward the step does
+    sample_weight: torch.Tensor | None = None  # per-sample loss weights of the batch (ACS)
+
+
+@dataclass
+class StepResult:
+    """A step's training loss and the clean view of the batch for the epoch log."""
+
+    loss: torch.Tensor  # scalar; fit backpropagates it and steps the optimizer
+    logits: torch.Tensor  # detached logits of the (clean) batch, for train accuracy
+    losses: torch.Tensor  # detached per-sample training losses, for the logged mean
+
+
+Step = Callable[[nn.Module, torch.Tensor, torch.Tensor, StepContext], StepResult]
+
+
+# Called before each epoch; may return the loader for that epoch and per-sample weights (indexed
+# by sample row), e.g. a coreset re-selected during training.
+EpochPlan = Callable[[int], "tuple[Loader, torch.Tensor | None] | None"]
+# Builds a regime's EpochPlan: (model, the loader of all training samples, spec, generator, cost).
+PlanFactory = Callable[[nn.Module, Loader, dict[str, Any], torch.Generator, "Cost"], EpochPlan]
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A registered training regime: its step, its own parameters' defaults, an epoch plan."""
+
+    name: str
+    step: Step
+    defaults: dict[str, Any]
+    plan: PlanFactory | None = None
+
+
+REGIMES: dict[str, Regime] = {}
+
+
+def register_regime(
+    name: str, *, plan: PlanFactory | None = None, **defaults: Any
+) -> Callable[[Step], Step]:
+    """Decorator adding a step function `f(model, x, y, ctx) -> StepResult` to REGIMES."""
+
+    def decorate(step: Step) -> Step:
+        REGIMES[name] = Regime(name, step, dict(defaults), plan)
+        return step
+
+    return decorate
+
+
+def weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-sample losses, weighted when the regime trains on a weighted subset."""
+    if weight is None:
+        return losses.mean()
+    return (losses * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+@register_regime("standard")
+def standard_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext
+) -> StepResult:
+    """Cross-entropy on the clean batch."""
+    logits = model(x)
+    losses = F.cross_entropy(logits.float(), y, reduction="none")
+    ctx.cost.add("update", len(y))
+    return StepResult(weighted_mean(losses, ctx.sample_weight), logits.detach(), losses.detach())
+
+
+def regime_of(spec: dict[str, Any]) -> tuple[Regime, dict[str, Any]]:
+    """The regime a training entry names, and the entry with the regime's defaults filled in."""
+    # The adversarial regimes register themselves on import (they build on this module).
+    import robustcore.regimes  # noqa: F401
+
+    name = spec.get("type", "standard")
+    if name not in REGIMES:
+        raise InputError(f"regime type {name!r} unknown; expected one of {sorted(REGIMES)}")
+    regime = REGIMES[name]
+    return regime, {**regime.defaults, **spec}
 
 
 def augment(
@@ -105,14 +189,26 @@ def fit(
     generator: torch.Generator,
     epochs: int | None = None,
     record_step: StepRecorder | None = None,
+    before_epoch: EpochPlan | None = None,
     after_epoch: Callable[[int], dict[str, float] | None] | None = None,
     cost: Cost | None = None,
     desc: str = "train",
 ) -> tuple[list[dict[str, float]], Cost]:
-    """Train in place with the standard regime; return per-epoch log rows and the counted cost."""
+    """Train in place under the spec's regime; return per-epoch log rows and the counted cost."""
+    regime, spec = regime_of(spec)
+    if record_step is not None and regime.name != "standard":
+        raise InputError("per-step input-gradient capture needs the standard regime")
     epochs = spec["epochs"] if epochs is None else epochs
     device = next(model.parameters()).device
     cost = cost or Cost(device=str(device))
+    device_generator = torch.Generator(device=device).manual_seed(
+        int(torch.randint(0, 2**62, (1,), generator=generator))
+    )
+    weights: torch.Tensor | None = None
+    if regime.plan is not None:
+        if before_epoch is not None:
+            raise InputError(f"regime {regime.name!r} plans its own epochs")
+        before_epoch = regime.plan(model, loader, spec, generator, cost)
     optimizer, scheduler = make_optimizer(model, spec, epochs)
     augment_spec = spec.get("augment", {})
     use_amp = bool(spec.get("amp", False)) and device.type == "cuda"
@@ -127,24 +223,34 @@ def fit(
         correct_sum = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         lr = optimizer.param_groups[0]["lr"]
+        plan = before_epoch(epoch) if before_epoch is not None else None
+        if plan is not None:
+            loader, weights = plan
         for index, x, y in loader.epoch(shuffle=True, generator=generator):
             x = augment(
                 x, augment_spec.get("crop_padding", 0), augment_spec.get("flip", False), generator
             )
             if record_step is not None:
                 x.requires_grad_(True)
+            ctx = StepContext(
+                spec=spec,
+                epoch=epoch,
+                generator=generator,
+                device_generator=device_generator,
+                cost=cost,
+                sample_weight=None if weights is None else weights[index.to(weights.device)],
+            )
+            model.train()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(x)
-            losses = F.cross_entropy(logits.float(), y, reduction="none")
+                result = regime.step(model, x, y, ctx)
             optimizer.zero_grad(set_to_none=True)
-            losses.mean().backward()
+            result.loss.backward()
             optimizer.step()
-            cost.add("update", len(y))
             if record_step is not None:
                 # The mean loss scales each sample's input gradient by 1/B: undo it.
-                record_step(index, logits.detach().float(), y, losses.detach(), x.grad * len(y))
-            loss_sum += losses.detach().sum()
-            correct_sum += (logits.detach().argmax(1) == y).sum()
+                record_step(index, result.logits.float(), y, result.losses, x.grad * len(y))
+            loss_sum += result.losses.float().sum()
+            correct_sum += (result.logits.argmax(1) == y).sum()
             seen += len(y)
             bar.update(len(y))
         scheduler.step()

@@ -1,0 +1,1 @@
+"""Adversarial training regimes, registered into robustcore.train.REGIMES."""

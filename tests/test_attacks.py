@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from robustcore import data
-from robustcore.attacks import fgsm, pgd
+from robustcore.attacks import autoattack, fgsm, perturbation_size, pgd, random_noise
 from robustcore.evaluate import evaluate
 from robustcore.io import InputError
 from robustcore.runtime import device_generator
@@ -25,6 +25,7 @@ def _pgd_spec(eps: float, steps: int = 10, **kw) -> dict:
         "steps": steps,
         "step_size": eps / 4,
         "random_start": True,
+        "hygiene": False,  # the hygiene checks have their own tests (test_evaluate.py)
         **kw,
     }
 
@@ -88,7 +89,7 @@ def test_robust_at_most_clean_and_pgd_at_most_fgsm(trained_digits):
     model, _, test = trained_digits
     loader = data.Loader(test, 200)
     pgd_summary, frame = evaluate(model, loader, _pgd_spec(0.1, steps=20))
-    fgsm_summary, _ = evaluate(model, loader, {"type": "fgsm", "eps": 0.1})
+    fgsm_summary, _ = evaluate(model, loader, {"type": "fgsm", "eps": 0.1, "hygiene": False})
     assert pgd_summary["robust_acc"] <= pgd_summary["clean_acc"]
     assert not (frame["robust_correct"] & ~frame["clean_correct"]).any()
     assert pgd_summary["robust_acc"] <= fgsm_summary["robust_acc"]
@@ -112,3 +113,106 @@ def test_bad_attack_settings_are_named(trained_digits):
         pgd(model, x, y, eps=0.1, steps=1, step_size=0.1, norm="l3")
     with pytest.raises(InputError, match="attack type"):
         evaluate(model, data.Loader(test, 64), {"type": "cw"})
+
+
+def _predictions(model, x):
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_agrees_with_torchattacks(trained_digits, norm):
+    """Independent PGD (torchattacks 3.5) from the clean point: same points, same predictions.
+
+    torchattacks averages the loss over the batch where we sum it; that rescales every gradient
+    by 1/n, which neither the sign step (ℓ∞) nor the normalized step (ℓ2) sees. What remains are
+    float rounding differences (its projection is written differently), so the adversarial
+    points agree to ~1e-3 and per-sample predictions agree on ≥ 99 % (measured: 100 %).
+    """
+    torchattacks = pytest.importorskip("torchattacks")
+    model, _, test = trained_digits
+    x, y = _batch(test, 256)
+    eps = 0.1 if norm == "linf" else 1.0
+    ours = pgd(model, x, y, eps=eps, steps=10, step_size=eps / 4, norm=norm, random_start=False)
+    cls = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
+    theirs = cls(model, eps=eps, alpha=eps / 4, steps=10, random_start=False)(x, y)
+    ours_pred, theirs_pred = _predictions(model, ours), _predictions(model, theirs)
+    assert (ours_pred == theirs_pred).float().mean() >= 0.99
+    assert abs(int((ours_pred == y).sum()) - int((theirs_pred == y).sum())) <= 1
+    close = perturbation_size(ours, theirs, "linf") < 1e-3
+    assert close.float().mean() >= 0.99
+    # not vacuous: the attack must do something
+    assert (ours_pred == y).float().mean() < (_predictions(model, x) == y).float().mean() - 0.3
+
+
+def test_restarts_only_ever_remove_robust_samples(trained_digits):
+    model, _, test = trained_digits
+    x, y = _batch(test, 256)
+
+    def robust(restarts: int) -> torch.Tensor:
+        x_adv = pgd(
+            model,
+            x,
+            y,
+            eps=0.1,
+            steps=2,
+            step_size=0.03,
+            restarts=restarts,
+            generator=device_generator(0, x.device),
+        )
+        assert perturbation_size(x_adv, x, "linf").max() <= 0.1 + 1e-6
+        return _predictions(model, x_adv) == y
+
+    once, thrice = robust(1), robust(3)
+    # same seed, same first start: a sample robust under 3 restarts survived the first one
+    assert not (thrice & ~once).any()
+    assert thrice.sum() < once.sum() - 5, (int(once.sum()), int(thrice.sum()))
+    with pytest.raises(InputError, match="restarts"):
+        pgd(model, x, y, eps=0.1, steps=1, step_size=0.1, restarts=0)
+
+
+def test_random_noise_lies_on_the_sphere_and_is_weaker_than_pgd(trained_digits):
+    model, _, test = trained_digits
+    x, y = _batch(test, 256)
+    inner = x.clamp(0.2, 0.8)  # away from the box: every coordinate moves by exactly ±ε
+    generator = device_generator(0, x.device)
+    noisy = random_noise(model, inner, y, eps=0.1, norm="linf", draws=5, generator=generator)
+    assert torch.allclose((noisy - inner).abs(), torch.full_like(x, 0.1), atol=1e-6)
+    noisy = random_noise(model, inner, y, eps=0.3, norm="l2", draws=5, generator=generator)
+    assert torch.allclose(perturbation_size(noisy, inner, "l2"), torch.full((len(x),), 0.3))
+    noise_acc = (_predictions(model, random_noise(model, x, y, eps=0.1)) == y).float().mean()
+    strong = pgd(model, x, y, eps=0.1, steps=10, step_size=0.025, generator=generator)
+    assert (_predictions(model, strong) == y).float().mean() < noise_acc - 0.3
+
+
+def test_autoattack_keeps_budget_mode_rng_and_stdout(trained_digits, capsys):
+    """pyautoattack reseeds the global RNG and logs a lot; none of it may leak out."""
+    model, _, test = trained_digits
+    x, y = _batch(test, 16)
+    model[1][1].train()  # a mixed mode, to see every module's mode come back
+    modes_seen: list[bool] = []
+    hook = model[1][1].register_forward_pre_hook(lambda m, _: modes_seen.append(m.training))
+    state = torch.get_rng_state()
+    log: list[dict] = []
+    try:
+        x_adv = autoattack(
+            model, x, y, eps=0.1, version="custom", attacks=["apgd-ce"], seed=1, log=log
+        )
+        assert model[1][1].training and not model.training and not model[1][0].training
+    finally:
+        hook.remove()
+        model.eval()
+    assert len(modes_seen) > 100 and not any(modes_seen), "attacked in eval mode"
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    assert perturbation_size(x_adv, x, "linf").max() <= 0.1 + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (_predictions(model, x_adv) != y).sum() > (_predictions(model, x) != y).sum()
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "robust accuracy after APGD-CE" in err
+    assert any("apgd-ce" in r["message"] for r in log)
+    with pytest.raises(InputError, match="custom"):
+        autoattack(model, x, y, eps=0.1, version="custom")
+    with pytest.raises(InputError, match="version"):
+        autoattack(model, x, y, eps=0.1, version="fast")

@@ -42,6 +42,7 @@ def _write_evals(tmp_path, skip=()):
                     "clean_acc": clean,
                     "robust_acc": robust,
                     "run": {
+                        "regime": "standard",
                         "selection": selection,
                         "fraction": fraction,
                         "seed": seed,
@@ -56,6 +57,7 @@ def _write_evals(tmp_path, skip=()):
 def test_mean_and_std_match_hand_computation(tmp_path):
     table = report.summarize(STUDY, report.collect(_write_evals(tmp_path)))
     assert len(table) == 5, "2 selections × 2 fractions + full, one attack"
+    assert set(table["regime"]) == {"standard"}
     assert list(zip(table["selection"], table["fraction"], strict=True)) == [
         ("random", 0.1),
         ("random", 0.5),
@@ -84,7 +86,7 @@ def test_missing_runs_are_marked_not_dropped(tmp_path):
     row = table[(table["selection"] == "random") & (table["fraction"] == 0.5)].iloc[0]
     assert row["seeds"] == 0 and row["missing"]
     markdown = report.markdown_table(table)
-    assert "| random | 0.5 | pgd | 0 | missing | missing |" in markdown
+    assert "| standard | random | 0.5 | pgd | 0 | missing | missing |" in markdown
     assert "(2/3 seeds)" in markdown
 
 
@@ -116,7 +118,7 @@ def test_write_study_and_index(tmp_path):
     report.write_index(out / "index.md", {"demo": STUDY})
     index = (out / "index.md").read_text()
     assert "demo/figures/accuracy_vs_fraction.png" in index
-    assert "| easy | 0.5 | pgd | 3 | 76.0 ± 1.0 | 40.0 ± 10.0 |" in index
+    assert "| standard | easy | 0.5 | pgd | 3 | 76.0 ± 1.0 | 40.0 ± 10.0 |" in index
 
 
 def test_eval_without_run_tags_is_named(tmp_path):

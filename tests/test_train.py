@@ -75,3 +75,29 @@ def test_cosine_schedule_decays_to_zero():
 def test_diverged_run_stops_with_a_message():
     with pytest.raises(DivergedError, match="diverged at epoch [12]: mean loss (nan|inf)"):
         _train(0, make_split(32), {**TRAINING, "lr": 1e12, "momentum": 0.0})
+
+
+def test_adam_is_selectable():
+    model, log, _ = _train(0, make_split(32), {**TRAINING, "optimizer": "adam", "lr": 0.01})
+    assert all(r["train_loss"] == r["train_loss"] for r in log)  # finite, not NaN
+
+
+def test_regime_registry_matches_the_config_schema():
+    """Every regime's own keys and defaults are the schema's, so config and code cannot drift."""
+    from pathlib import Path
+
+    import yaml
+
+    from robustcore.train import REGIMES, regime_of
+
+    regime_of({})  # registers the adversarial regimes
+    schema = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text()
+    )
+    listed = schema["$defs"]["training"]["properties"]["type"]["enum"]
+    assert set(listed) == set(REGIMES)
+    for name, regime in REGIMES.items():
+        properties = schema["$defs"]["regimes"].get(name, {}).get("properties", {})
+        assert set(properties) == set(regime.defaults), name
+        for key, value in regime.defaults.items():
+            assert properties[key].get("default") == pytest.approx(value), (name, key)

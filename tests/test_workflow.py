@@ -127,6 +127,24 @@ def test_every_method_yields_a_coreset_at_every_fraction(tmp_path):
     assert not (tmp_path / "results/runs").exists(), "all_coresets trains nothing"
 
 
+def test_each_study_keeps_its_own_regimes(tmp_path):
+    """Schema defaults must not be shared between studies (a list default once was)."""
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["regimes"]["adv"] = {"type": "pgd", "epochs": 1, "eps": 0.05, "steps": 1}
+    config["studies"]["robust"] = {
+        "dataset": "digits",
+        "model": "mlp",
+        "regime": "adv",
+        "full": True,
+        "seeds": [0],
+        "attacks": ["pgd"],
+    }
+    plan = snakemake(tmp_path, "-n", config=config)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    # tiny: random and easy at f = 0.5 under quick; robust: full data under adv. Nothing else.
+    assert planned_jobs(plan)["train_model"] == 3
+
+
 BAD = [
     (["scores", "aign", "method"], "aign_v2", "scores.aign.method = 'aign_v2': expected one of"),
     (["studies", "tiny", "dataset"], "cifar11", "studies.tiny.dataset = 'cifar11' is not defined"),
@@ -149,6 +167,37 @@ BAD = [
     (["proxies", "mlp", "sparse_fgsm"], {"ks": [1.5]}, "sparse_fgsm.ks.0: 1.5 is not of type"),
     (["scores", "cs"], {"method": "fgsm_cs", "weights": [0.5, 0.3, 0.1]}, "must sum to 1"),
     (["scores", "i"], {"method": "isef", "alpha": 1.5}, "scores.i.alpha = 1.5: expected a value"),
+    (
+        ["regimes", "sel"],
+        {"type": "selective", "rho": 1.5},
+        "regimes.sel.rho = 1.5: expected a value in (0, 1]",
+    ),
+    (
+        ["regimes", "sel"],
+        {"type": "selective", "rho": 0},
+        "regimes.sel.rho = 0: expected a value in (0, 1]",
+    ),
+    (
+        ["regimes", "t"],
+        {"type": "trades", "beta": -1},
+        "regimes.t.beta = -1: expected a value in [0, inf)",
+    ),
+    (
+        ["regimes", "p"],
+        {"type": "pgd", "eps": -0.1},
+        "regimes.p.eps = -0.1: expected a value in [0, inf)",
+    ),
+    (
+        ["regimes", "sel"],
+        {"type": "selective", "criterion": "loss"},
+        "regimes.sel.criterion = 'loss': expected one of",
+    ),
+    (["regimes", "p"], {"type": "pgd", "rho": 0.5}, "regimes.p: unknown key(s) ['rho']"),
+    (
+        ["attacks", "aa"],
+        {"type": "autoattack", "eps": 0.1, "version": "fast"},
+        "attacks.aa.version = 'fast': expected one of",
+    ),
 ]
 
 

@@ -131,6 +131,7 @@ def standard_step(
 def regime_of(spec: dict[str, Any]) -> tuple[Regime, dict[str, Any]]:
     """The regime a training entry names, and the entry with the regime's defaults filled in."""
     # The adversarial regimes register themselves on import (they build on this module).
+    import robustcore.acs  # noqa: F401
     import robustcore.regimes  # noqa: F401
 
     name = spec.get("type", "standard")
@@ -166,14 +167,19 @@ def augment(
 def make_optimizer(
     model: nn.Module, spec: dict[str, Any], epochs: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD with momentum and weight decay, cosine-annealed per epoch (or constant)."""
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=spec["lr"],
-        momentum=spec["momentum"],
-        weight_decay=spec["weight_decay"],
-        nesterov=spec.get("nesterov", False),
-    )
+    """SGD with momentum (or Adam) and weight decay, cosine-annealed per epoch (or constant)."""
+    if spec.get("optimizer", "sgd") == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            model.parameters(), lr=spec["lr"], weight_decay=spec["weight_decay"]
+        )
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=spec["lr"],
+            momentum=spec["momentum"],
+            weight_decay=spec["weight_decay"],
+            nesterov=spec.get("nesterov", False),
+        )
     if spec.get("schedule", "cosine") == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     else:

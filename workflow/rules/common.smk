@@ -34,6 +34,17 @@ def explain_config_errors(schema_file):
             )
             allowed = sorted(error.schema.get("properties", {}))
             problems.append(f"{key}: unknown key(s) {unknown}; allowed keys: {allowed}")
+        elif error.validator == "unevaluatedProperties":
+            # A regime entry: the general training keys plus those of its own type.
+            own = schema["$defs"]["regimes"].get(error.instance.get("type"), {})
+            allowed = sorted(
+                set(error.schema.get("properties", {})) | set(own.get("properties", {}))
+            )
+            unknown = sorted(set(error.instance) - set(allowed))
+            if unknown:
+                problems.append(
+                    f"{key}: unknown key(s) {unknown}; allowed keys: {allowed}"
+                )
         elif error.validator == "enum":
             problems.append(
                 f"{key} = {error.instance!r}: expected one of {error.validator_value}"
@@ -93,6 +104,9 @@ def check_reference(key, value, section):
 def expand_study_scores():
     """A study's `scores` × `ends` become selections named <score>_<end> (defined if missing)."""
     for study in config["studies"].values():
+        # Schema defaults may hand every study the same list object: give each its own.
+        study["selections"] = list(study["selections"])
+        study["regimes"] = list(study["regimes"])
         for score in study["scores"]:
             for end in study["ends"]:
                 name = f"{score}_{end}"
@@ -131,17 +145,29 @@ def check_config():
         key = f"studies.{name}"
         check_reference(f"{key}.dataset", study["dataset"], "datasets")
         check_reference(f"{key}.model", study["model"], "models")
-        check_reference(f"{key}.regime", study["regime"], "regimes")
-        if not study["selections"]:
+        if "regime" in study and study["regime"] not in study["regimes"]:
+            study["regimes"].insert(0, study["regime"])
+        if not study["regimes"]:
             raise ValueError(
-                f"config error: {key} has no selections and no scores to compare"
+                f"config error: {key} names no regime (regime: or regimes:)"
+            )
+        for regime in study["regimes"]:
+            check_reference(f"{key}.regimes", regime, "regimes")
+        if not study_arms(study):
+            raise ValueError(
+                f"config error: {key} trains nothing: give selections (or scores) with "
+                "fractions, or full: true"
+            )
+        if study["selections"] and not study["fractions"]:
+            raise ValueError(
+                f"config error: {key}.fractions is empty but selections are given"
             )
         for selection in study["selections"]:
             check_reference(f"{key}.selections", selection, "selections")
         if any(
             config["selections"][s]["keep"] != "random" for s in study["selections"]
         ):
-            check_reference(f"{key}.proxy", study["proxy"], "proxies")
+            check_reference(f"{key}.proxy", study.get("proxy"), "proxies")
         for attack in study["attacks"]:
             check_reference(f"{key}.attacks", attack, "attacks")
     for name in used_datasets():
@@ -225,12 +251,13 @@ def study_evals(wildcards):
     files = []
     for selection, fraction in study_arms(study):
         for seed in study["seeds"]:
-            coreset = coreset_name(selection, fraction, study["proxy"], seed)
-            for attack in study["attacks"]:
-                files.append(
-                    f"results/eval/{study['dataset']}/{study['model']}/{study['regime']}/"
-                    f"{coreset}/seed{seed}/{attack}.json"
-                )
+            coreset = coreset_name(selection, fraction, study.get("proxy"), seed)
+            for regime in study["regimes"]:
+                for attack in study["attacks"]:
+                    files.append(
+                        f"results/eval/{study['dataset']}/{study['model']}/{regime}/"
+                        f"{coreset}/seed{seed}/{attack}.json"
+                    )
     return files
 
 
@@ -240,7 +267,7 @@ def study_coresets(wildcards):
     for study in config["studies"].values():
         for selection, fraction in study_arms(study):
             for seed in study["seeds"]:
-                name = coreset_name(selection, fraction, study["proxy"], seed)
+                name = coreset_name(selection, fraction, study.get("proxy"), seed)
                 files.append(f"results/coresets/{study['dataset']}/{name}.parquet")
     return sorted(set(files))
 

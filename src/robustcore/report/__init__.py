@@ -13,7 +13,7 @@ import pandas as pd
 from robustcore.io import InputError, atomic_path, read_json
 
 METRICS = ("clean_acc", "robust_acc")
-ID_COLUMNS = ["selection", "fraction", "attack"]
+ID_COLUMNS = ["regime", "selection", "fraction", "attack"]
 
 
 def collect(eval_files: list[str | os.PathLike]) -> pd.DataFrame:
@@ -22,7 +22,7 @@ def collect(eval_files: list[str | os.PathLike]) -> pd.DataFrame:
     for path in eval_files:
         summary = read_json(path)
         run = summary.get("run", {})
-        missing = [k for k in ("selection", "fraction", "seed", "attack") if k not in run]
+        missing = [k for k in ("regime", "selection", "fraction", "seed", "attack") if k not in run]
         if missing:
             raise InputError(f"{path}: run tags {missing} missing; was it written by evaluate?")
         rows.append(
@@ -31,14 +31,20 @@ def collect(eval_files: list[str | os.PathLike]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def study_regimes(study: dict[str, Any]) -> list[str]:
+    """The regimes a study trains: its `regimes` list, or its single `regime`."""
+    return list(study.get("regimes") or [study["regime"]])
+
+
 def expected_cells(study: dict[str, Any]) -> pd.DataFrame:
-    """Every (selection, fraction, attack, seed) the study defines, full data as fraction 1."""
+    """Every (regime, selection, fraction, attack, seed) the study defines; full data is f = 1."""
     arms = [(s, float(f)) for s in study["selections"] for f in study["fractions"]]
     if study.get("full", True):
         arms.append(("full", 1.0))
     return pd.DataFrame(
         [
-            {"selection": s, "fraction": f, "attack": a, "seed": seed}
+            {"regime": r, "selection": s, "fraction": f, "attack": a, "seed": seed}
+            for r in study_regimes(study)
             for s, f in arms
             for a in study["attacks"]
             for seed in study["seeds"]
@@ -60,7 +66,7 @@ def summarize(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
         warnings.warn(
             f"study {study['name']}: {len(missing)} of {len(merged)} runs missing or failed: "
             + ", ".join(
-                f"{r.selection} f={r.fraction:g} {r.attack} seed {r.seed}"
+                f"{r.regime} {r.selection} f={r.fraction:g} {r.attack} seed {r.seed}"
                 for r in missing.head(10).itertuples()
             ),
             stacklevel=2,
@@ -88,11 +94,11 @@ def _cell(mean: float, std: float, seeds: int, expected: int) -> str:
 
 def markdown_table(table: pd.DataFrame) -> str:
     """The study table as Markdown: accuracies in percent, mean ± std over seeds."""
-    header = "| selection | fraction | attack | seeds | clean acc. (%) | robust acc. (%) |"
-    lines = [header, "|---|---:|---|---:|---:|---:|"]
+    header = "| regime | selection | fraction | attack | seeds | clean acc. (%) | robust acc. (%) |"
+    lines = [header, "|---|---|---:|---|---:|---:|---:|"]
     for r in table.itertuples():
         lines.append(
-            f"| {r.selection} | {r.fraction:g} | {r.attack} | {r.seeds} | "
+            f"| {r.regime} | {r.selection} | {r.fraction:g} | {r.attack} | {r.seeds} | "
             f"{_cell(r.clean_mean, r.clean_std, r.seeds, r.seeds_expected)} | "
             f"{_cell(r.robust_mean, r.robust_std, r.seeds, r.seeds_expected)} |"
         )
@@ -114,15 +120,33 @@ def plot_fraction(table: pd.DataFrame, study: dict[str, Any], stem: Path) -> Non
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    regimes = study_regimes(study)
+    lines = [(r, s) for r in regimes for s in study["selections"]]
     for ax, (metric, attack, label) in zip(axes[0], panels, strict=True):
         part = table[table["attack"] == attack]
-        for i, selection in enumerate(study["selections"]):
-            line = part[part["selection"] == selection].sort_values("fraction")
+        if not lines:  # full data only: one bar per regime
+            full = part[part["selection"] == "full"].set_index("regime").loc[regimes]
+            ax.bar(
+                range(len(regimes)),
+                100 * full[f"{metric}_mean"],
+                yerr=100 * full[f"{metric}_std"].fillna(0),
+                color="lightgray",
+                edgecolor="black",
+                capsize=3,
+            )
+            ax.set_xticks(range(len(regimes)), regimes, rotation=30, ha="right")
+            ax.set_xlabel("training regime (full data)")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3, axis="y")
+            continue
+        for i, (regime, selection) in enumerate(lines):
+            line = part[(part["selection"] == selection) & (part["regime"] == regime)]
+            line = line.sort_values("fraction")
             ax.errorbar(
                 line["fraction"],
                 100 * line[f"{metric}_mean"],
                 yerr=100 * line[f"{metric}_std"].fillna(0),
-                label=selection,
+                label=selection if len(regimes) == 1 else f"{selection} ({regime})",
                 color="black",
                 # Every (line style, marker) pair distinct, for up to 32 selections in grey scale.
                 linestyle=styles[(i + i // len(markers)) % len(styles)],
@@ -130,15 +154,17 @@ def plot_fraction(table: pd.DataFrame, study: dict[str, Any], stem: Path) -> Non
                 markerfacecolor="white" if i % 2 else "black",
                 capsize=3,
             )
-        full = part[part["selection"] == "full"]
-        if len(full) and full["seeds"].iloc[0] > 0:
-            mean = 100 * full[f"{metric}_mean"].iloc[0]
-            ax.axhline(mean, color="gray", linestyle="--", linewidth=1, label="full data")
+        full = part[(part["selection"] == "full") & (part["seeds"] > 0)]
+        for j, row in enumerate(full.itertuples()):
+            name = "full data" if len(regimes) == 1 else f"full data ({row.regime})"
+            mean = 100 * getattr(row, f"{metric}_mean")
+            ax.axhline(mean, color="gray", linestyle=styles[j % 4], linewidth=1, label=name)
         ax.set_xlabel("coreset fraction f (share of training set)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    if handles:
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     seeds = len(study["seeds"])
     fig.suptitle(f"{study['name']}: {study['dataset']}, mean ± std over {seeds} seed(s)")
     fig.tight_layout()
@@ -175,8 +201,9 @@ def write_index(out_file: str | os.PathLike, studies: dict[str, Any]) -> None:
         lines += [
             f"## {name}",
             "",
-            f"Dataset `{study['dataset']}`, proxy `{study['proxy']}`, model `{study['model']}`, "
-            f"regime `{study['regime']}`, seeds {study['seeds']}; accuracies in % as mean ± std "
+            f"Dataset `{study['dataset']}`, proxy `{study.get('proxy')}`, model "
+            f"`{study['model']}`, regimes {study_regimes(study)}, seeds {study['seeds']}; "
+            "accuracies in % as mean ± std "
             "over seeds (sample std).",
             "",
             table_md.read_text(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -126,3 +127,20 @@ def test_eval_without_run_tags_is_named(tmp_path):
     write_json(path, {"n": 1, "clean_acc": 1.0, "robust_acc": 1.0})
     with pytest.raises(ValueError, match="bad.json"):
         report.collect([path])
+
+
+def test_failed_hygiene_is_flagged_in_the_table_and_index(tmp_path):
+    files = _write_evals(tmp_path / "evals")
+    flagged = tmp_path / "evals" / "easy-0.5-1.json"
+    summary = json.loads(flagged.read_text())
+    write_json(flagged, {**summary, "possible_gradient_masking": True})
+    table = report.summarize(STUDY, report.collect(files))
+    row = table[(table["selection"] == "easy") & (table["fraction"] == 0.5)].iloc[0]
+    assert row["masking_flags"] == 1
+    assert table["masking_flags"].sum() == 1
+    markdown = report.markdown_table(table)
+    assert "possible gradient masking (1 run(s))" in markdown
+    out = tmp_path / "report"
+    report.write_study(out / "demo", STUDY, files)
+    report.write_index(out / "index.md", {"demo": STUDY})
+    assert "possible gradient masking" in (out / "index.md").read_text()

@@ -26,7 +26,14 @@ def collect(eval_files: list[str | os.PathLike]) -> pd.DataFrame:
         if missing:
             raise InputError(f"{path}: run tags {missing} missing; was it written by evaluate?")
         rows.append(
-            {**run, **{m: summary[m] for m in METRICS}, "n": summary["n"], "path": str(path)}
+            {
+                **run,
+                **{m: summary[m] for m in METRICS},
+                "n": summary["n"],
+                # The evaluation's hygiene verdict (None: no checks ran, e.g. older files).
+                "masking": bool(summary.get("possible_gradient_masking")),
+                "path": str(path),
+            }
         )
     return pd.DataFrame(rows)
 
@@ -56,11 +63,12 @@ def summarize(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds per (selection, fraction, attack); runless cells kept, marked."""
     cells = expected_cells(study)
     if runs.empty:
-        runs = pd.DataFrame(columns=[*ID_COLUMNS, "seed", *METRICS])
+        runs = pd.DataFrame(columns=[*ID_COLUMNS, "seed", *METRICS, "masking"])
     runs = runs.assign(fraction=runs["fraction"].astype(float))
     merged = cells.merge(
-        runs[[*ID_COLUMNS, "seed", *METRICS]], on=[*ID_COLUMNS, "seed"], how="left"
+        runs[[*ID_COLUMNS, "seed", *METRICS, "masking"]], on=[*ID_COLUMNS, "seed"], how="left"
     )
+    merged["masking"] = merged["masking"].astype("boolean").fillna(False).astype(bool)
     missing = merged[merged["clean_acc"].isna()]
     if len(missing):
         warnings.warn(
@@ -79,6 +87,7 @@ def summarize(study: dict[str, Any], runs: pd.DataFrame) -> pd.DataFrame:
         clean_std=("clean_acc", "std"),
         robust_mean=("robust_acc", "mean"),
         robust_std=("robust_acc", "std"),
+        masking_flags=("masking", "sum"),
     ).reset_index()
     table["missing"] = table["seeds"] < table["seeds_expected"]
     return table
@@ -97,10 +106,11 @@ def markdown_table(table: pd.DataFrame) -> str:
     header = "| regime | selection | fraction | attack | seeds | clean acc. (%) | robust acc. (%) |"
     lines = [header, "|---|---|---:|---|---:|---:|---:|"]
     for r in table.itertuples():
+        flag = f" ⚠ possible gradient masking ({r.masking_flags} run(s))" if r.masking_flags else ""
         lines.append(
             f"| {r.regime} | {r.selection} | {r.fraction:g} | {r.attack} | {r.seeds} | "
             f"{_cell(r.clean_mean, r.clean_std, r.seeds, r.seeds_expected)} | "
-            f"{_cell(r.robust_mean, r.robust_std, r.seeds, r.seeds_expected)} |"
+            f"{_cell(r.robust_mean, r.robust_std, r.seeds, r.seeds_expected)}{flag} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -216,5 +226,12 @@ def write_index(out_file: str | os.PathLike, studies: dict[str, Any]) -> None:
         ]
         if bool(np.any(csv["missing"])):
             lines += ["**Warning:** some runs are missing; their cells are marked.", ""]
+        if bool(np.any(csv["masking_flags"] > 0)):
+            lines += [
+                "**Warning:** the hygiene checks of some evaluations failed (robust accuracy "
+                "rising with ε or steps, PGD above FGSM, AutoAttack above PGD, or the attack "
+                "losing to random noise): possible gradient masking; cells marked ⚠.",
+                "",
+            ]
     with atomic_path(out_file) as tmp:
         tmp.write_text("\n".join(lines))

@@ -23,6 +23,7 @@ def _json_arg(text: str) -> dict[str, Any]:
 
 
 def _write_log_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    """Write per-epoch log rows as CSV, atomically."""
     import pandas as pd
 
     from robustcore.io import atomic_path
@@ -46,6 +47,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _setup(args: argparse.Namespace):
+    """Resolve the device and seed everything; return (device, CPU generator)."""
     from robustcore.runtime import resolve_device, seed_everything
 
     device = resolve_device(args.device)

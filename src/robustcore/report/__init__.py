@@ -127,7 +127,12 @@ def plot_fraction(table: pd.DataFrame, study: dict[str, Any], stem: Path) -> Non
     panels = [("clean", attacks[0], "clean accuracy (%)")] + [
         ("robust", attack, f"robust accuracy under {attack} (%)") for attack in attacks
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.8), squeeze=False)
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.8 * nrows), squeeze=False)
+    for spare in grid.flat[len(panels) :]:
+        spare.set_visible(False)
+    axes = grid.reshape(1, -1)[:, : len(panels)]
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
     regimes = study_regimes(study)
@@ -211,7 +216,7 @@ def write_index(out_file: str | os.PathLike, studies: dict[str, Any]) -> None:
         lines += [
             f"## {name}",
             "",
-            f"Dataset `{study['dataset']}`, proxy `{study.get('proxy')}`, model "
+            f"Dataset `{study['dataset']}`, proxy `{study.get('proxy') or '—'}`, model "
             f"`{study['model']}`, regimes {study_regimes(study)}, seeds {study['seeds']}; "
             "accuracies in % as mean ± std "
             "over seeds (sample std).",

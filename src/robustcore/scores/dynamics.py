@@ -17,16 +17,6 @@ from robustcore.scores.base import ScoreInputs, frame, register
 _EPOCH_FILE = re.compile(r"epoch(\d{3,})\.parquet$")
 
 
-def epoch_window(epochs: dict[int, pd.DataFrame], first: int, last: int | None) -> list[int]:
-    """Epochs first..last (1-based, inclusive; last None = the final epoch), checked."""
-    last = max(epochs) if last is None else last
-    if not 1 <= first <= last <= max(epochs):
-        raise InputError(
-            f"epoch window [{first}, {last}] outside the proxy's epochs 1..{max(epochs)}"
-        )
-    return list(range(first, last + 1))
-
-
 def checked_window(
     inputs: ScoreInputs, method: str, first_epoch: Any, last_epoch: Any
 ) -> list[int]:
@@ -41,13 +31,13 @@ def checked_window(
             raise InputError(
                 f"score method {method!r}: {key} must be an integer ≥ 1, got {value!r}"
             )
-    try:
-        return epoch_window(epochs, int(first_epoch), last_epoch)
-    except InputError as err:
+    first, last = int(first_epoch), max(epochs) if last_epoch is None else int(last_epoch)
+    if not first <= last <= max(epochs):
         raise InputError(
-            f"score method {method!r}: first_epoch={first_epoch!r}, "
-            f"last_epoch={last_epoch!r}: {err}"
-        ) from err
+            f"score method {method!r}: first_epoch={first_epoch!r}, last_epoch={last_epoch!r}: "
+            f"epoch window [{first}, {last}] outside the proxy's epochs 1..{max(epochs)}"
+        )
+    return list(range(first, last + 1))
 
 
 def window_matrix(inputs: ScoreInputs, column: str, window: list[int]) -> np.ndarray:

@@ -124,6 +124,40 @@ def test_proxy_dynamics_are_per_sample(tmp_path, capture):
     assert not list(tmp_path.glob(".dynamics.*")), "no staging folder left behind"
 
 
+def test_test_samples_are_tracked_per_epoch_and_per_sample(tmp_path):
+    """With a test split, each epoch also writes the test samples' rows (never trained on)."""
+    from robustcore.report.jobs import test_hardness
+
+    seed_everything(0)
+    split, test = make_split(40), make_split(21, seed=9)
+    spec = models.model_spec("small_cnn", {"width": 8}, meta_for(split, 3))
+    model = models.build(spec)
+    log, cost = train_proxy(
+        model,
+        split,
+        _training(capture="eval", lr=0.05),
+        device=torch.device("cpu"),
+        generator=seed_everything(1),
+        out_dir=tmp_path,
+        test=test,
+    )
+    files = sorted((tmp_path / "dynamics").glob("test_epoch*.parquet"))
+    assert [f.name for f in files] == ["test_epoch001.parquet", "test_epoch002.parquet"]
+    assert sorted(read_dynamics(tmp_path / "dynamics")) == [1, 2], "train epochs unaffected"
+    last = pd.read_parquet(files[-1])
+    reference = single_sample_reference(model, test.images, test.labels)
+    np.testing.assert_allclose(
+        last["input_grad_norm"], reference["input_grad_norm"], rtol=1e-4, atol=1e-6
+    )
+    # The capture pass takes input gradients: one forward and one backward per test sample.
+    assert cost.forward["capture_test"] == cost.backward["capture_test"] == 2 * 21
+    first = pd.read_parquet(files[0])["input_grad_norm"].to_numpy()
+    window_mean = test_hardness([str(tmp_path / "dynamics")], (1, None))
+    np.testing.assert_allclose(window_mean, (first + last["input_grad_norm"].to_numpy()) / 2)
+    np.testing.assert_allclose(test_hardness([str(tmp_path / "dynamics")], (2, 2)),
+                               last["input_grad_norm"])  # fmt: skip
+
+
 def test_train_step_capture_refused_for_batchnorm(tmp_path):
     split = make_split(16)
     model = models.build(

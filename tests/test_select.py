@@ -515,3 +515,41 @@ def test_cifar_scale_ilp_equals_greedy_and_stays_small():
     print(f"50,000: build {info['build_seconds']:.3f} s, solve {info['solve_seconds']:.3f} s")
     # A loose bound (measured ~0.6 s on 2 cores): catches quadratic model building, not noise.
     assert seconds < 30, seconds
+
+
+def test_hybrid_keeps_each_class_lowest_plus_a_share_of_its_highest():
+    from robustcore.select import class_quotas, hybrid_select
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, size=203)
+    index = rng.permutation(1000)[:203]  # ids need not be positions
+    score = rng.normal(size=203).round(1)  # rounding makes ties
+    kept, info = hybrid_select(index, labels, score, 0.3, hard_share=0.25)
+    quotas = class_quotas(labels, 0.3)
+    assert len(kept) == sum(quotas.values()) == info["size"]
+    kept_set = set(kept.tolist())
+    for c, q in quotas.items():
+        # Reference: a plain loop over the class's samples sorted by (score, id).
+        members = sorted(
+            (float(s), int(i)) for s, i, y in zip(score, index, labels, strict=True) if y == c
+        )
+        n_hard = int(q * 0.25 + 0.5)
+        easy = [i for _, i in members[: q - n_hard]]
+        hard = [i for _, i in sorted(members, key=lambda m: (-m[0], m[1]))[:n_hard]]
+        assert {i for _, i in members} & kept_set == set(easy) | set(hard), c
+        assert info["hard_per_class"][str(c)] == n_hard
+
+
+def test_hybrid_share_zero_is_easy_and_one_is_hard():
+    from robustcore.select import greedy_select, hybrid_select
+
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 3, size=90)
+    index = np.arange(90)
+    score = rng.normal(size=90)
+    low = greedy_select(index, labels, score, 0.2, keep="low")
+    high = greedy_select(index, labels, score, 0.2, keep="high")
+    assert np.array_equal(hybrid_select(index, labels, score, 0.2, hard_share=0.0)[0], low)
+    assert np.array_equal(hybrid_select(index, labels, score, 0.2, hard_share=1.0)[0], high)
+    with pytest.raises(InputError, match="hard_share"):
+        hybrid_select(index, labels, score, 0.2, hard_share=1.5)

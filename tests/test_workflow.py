@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -198,6 +199,57 @@ BAD = [
         {"type": "autoattack", "eps": 0.1, "version": "fast"},
         "attacks.aa.version = 'fast': expected one of",
     ),
+    (
+        ["studies", "tiny", "compare"],
+        [{"a": "easy", "b": "hard"}],
+        "studies.tiny.compare.0.b = 'hard' is not defined; expected one of",
+    ),
+    (
+        ["studies", "tiny", "compare"],
+        [{"a": "easy", "b": "random", "expect": "bigger"}],
+        "studies.tiny.compare.0.expect = 'bigger': expected one of",
+    ),
+    (
+        ["studies", "tiny", "figures"],
+        {"hardness": {"score": "grand"}},
+        "studies.tiny.figures.hardness.score = 'grand' is not defined",
+    ),
+    (
+        ["studies", "tiny", "figures"],
+        {"proxy_agreement": {"proxies": ["mlp"]}},
+        "studies.tiny.figures.proxy_agreement.proxies: [",
+    ),
+    (
+        ["studies", "tiny", "figures"],
+        {"easy_hard_accuracy": {"selections": ["easy", "hard"], "attack": "pgd"}},
+        "studies.tiny.figures.easy_hard_accuracy.selections = 'hard' is not defined",
+    ),
+    (
+        ["studies", "tiny", "figures"],
+        {"feature_projection": {"regimes": ["quick"], "share": 0.9}},
+        "studies.tiny.figures.feature_projection.share = 0.9: expected a value in (0, 0.5]",
+    ),
+    (["studies", "tiny", "figures"], {"decision_bound": {}}, "unknown key(s) ['decision_bound']"),
+    (
+        ["studies", "tiny", "compute_reference"],
+        "adv",
+        "studies.tiny.compute_reference = 'adv': expected one of the study's regimes",
+    ),
+    (
+        ["studies", "tiny", "dynamic"],
+        ["quick"],
+        "studies.tiny.dynamic = 'quick': expected a regime of type acs",
+    ),
+    (
+        ["selections", "mix"],
+        {"score": "aign", "keep": "hybrid", "hard_share": 1.2},
+        "selections.mix.hard_share = 1.2: expected a value in [0, 1]",
+    ),
+    (
+        ["selections", "e3"],
+        {"score": "aign", "keep": "low", "proxy": "cnn_e3"},
+        "selections.e3.proxy = 'cnn_e3' is not defined",
+    ),
 ]
 
 
@@ -223,3 +275,157 @@ def test_missing_data_root_is_named(tmp_path):
     out = result.stdout + result.stderr
     assert "datasets.digits: data root" in out and "no-such-root does not exist" in out
     assert "MNIST/raw/" in out
+
+
+FIGURES = {
+    "datasets": {
+        "digits": {"source": "digits"},
+        "moons": {"source": "toy2d", "n_train": 200, "n_test": 100},
+    },
+    "models": {
+        "mlp": {"arch": "mlp", "kwargs": {"hidden": [32]}},
+        "mlp2": {"arch": "mlp", "kwargs": {"hidden": [16]}},
+        "toy": {"arch": "mlp", "kwargs": {"hidden": [16]}},
+    },
+    "regimes": {
+        "quick": {"epochs": 2, "batch_size": 128, "lr": 0.05},
+        "quick_pgd": {"type": "pgd", "epochs": 2, "batch_size": 128, "lr": 0.05, "eps": 0.05,
+                      "steps": 2, "step_size": 0.025},
+        "acs_quick": {"type": "acs", "epochs": 2, "batch_size": 128, "lr": 0.05, "fraction": 0.3,
+                      "freq": 1, "eps": 0.05, "steps": 2, "step_size": 0.025},
+        "exploding": {"epochs": 2, "batch_size": 128, "lr": 1.0e12},
+        "toyq": {"epochs": 5, "batch_size": 64, "lr": 0.1,
+                 "augment": {"crop_padding": 0, "flip": False}},
+    },
+    "proxies": {
+        "mlp": {"model": "mlp", "regime": "quick"},
+        "mlp2": {"model": "mlp2", "regime": "quick"},
+        "toy": {"model": "toy", "regime": "toyq"},
+    },
+    "scores": {"aign": {"method": "aign"}},
+    "selections": {
+        "random": {"keep": "random"},
+        "easy": {"score": "aign", "keep": "low"},
+        "mix": {"score": "aign", "keep": "hybrid", "hard_share": 0.5},
+    },
+    "attacks": {"pgd": {"type": "pgd", "eps": 0.05, "steps": 2, "step_size": 0.025}},
+    "studies": {
+        "figs": {
+            "paper": "EasyCore",
+            "dataset": "digits",
+            "proxy": "mlp",
+            "model": "mlp",
+            "regime": "quick",
+            "selections": ["random", "easy", "mix"],
+            "scores": ["aign"],
+            "fractions": [0.3],
+            "dynamic": ["acs_quick"],
+            "seeds": [0, 1],
+            "attacks": ["pgd"],
+            "mark_best": 2,
+            "compare": [{"a": "easy", "b": "random", "claim": "Easy beats random."}],
+            "figures": {
+                "hardness": {},
+                "proxy_agreement": {"proxies": ["mlp", "mlp2"], "fraction": 0.2},
+                "feature_projection": {"regimes": ["quick", "quick_pgd"]},
+                "easy_hard_accuracy": {"selections": ["easy", "random"], "attack": "pgd",
+                                       "bins": 3},
+                "top_vs_bottom": {"scores": ["aign"]},
+            },
+        },
+        "compute": {
+            "paper": "Selective AT",
+            "dataset": "digits",
+            "model": "mlp",
+            "regimes": ["quick_pgd", "quick", "exploding"],
+            "seeds": [0, 1],
+            "attacks": ["pgd"],
+            "compute_reference": "quick_pgd",
+            "compare": [{"a": "quick", "b": "quick_pgd"}],
+        },
+        "toy": {
+            "paper": "EasyCore",
+            "dataset": "moons",
+            "proxy": "toy",
+            "model": "toy",
+            "regime": "toyq",
+            "selections": ["easy"],
+            "fractions": [0.6],
+            "seeds": [0, 1],
+            "attacks": ["pgd"],
+            "figures": {"decision_boundary": {"selection": "easy", "fraction": 0.6}},
+        },
+    },
+}  # fmt: skip
+
+
+def test_every_table_and_figure_of_a_study_then_a_failed_run_renders_missing(tmp_path):
+    """All report outputs on tiny studies; a diverged run fails, then renders as missing."""
+    run = snakemake(tmp_path, "--keep-going", config=FIGURES)
+    assert run.returncode != 0, "the exploding regime must fail"
+    log = run.stdout + run.stderr
+    assert "exploding" in log and "results/report/index.md" not in os.listdir(tmp_path)
+    report_dir = tmp_path / "results/report"
+    for study, stems in {
+        "figs": [
+            "tables/accuracy", "tables/comparisons", "tables/proxy_agreement",
+            "tables/easy_hard_accuracy",
+        ],
+        "toy": ["tables/accuracy", "tables/comparisons"],
+    }.items():  # fmt: skip
+        for stem in stems:
+            for suffix in (".csv", ".md", ".tex"):
+                assert (report_dir / study / (stem + suffix)).stat().st_size > 0, stem + suffix
+    figures = {
+        "figs": [
+            "accuracy_vs_fraction", "clean_vs_robust", "hardness_examples",
+            "hardness_distribution", "proxy_agreement", "feature_projection",
+            "easy_hard_accuracy", "top_vs_bottom",
+        ],
+        "toy": ["accuracy_vs_fraction", "clean_vs_robust", "decision_boundary"],
+    }  # fmt: skip
+    for study, stems in figures.items():
+        for stem in stems:
+            assert (report_dir / study / f"figures/{stem}.png").read_bytes()[:4] == b"\x89PNG"
+            assert (report_dir / study / f"figures/{stem}.pdf").read_bytes()[:4] == b"%PDF"
+    # Rows and columns exactly as the study defines them.
+    accuracy = pd.read_csv(report_dir / "figs/tables/accuracy.csv")
+    assert list(zip(accuracy["selection"], accuracy["fraction"], strict=True)) == [
+        ("random", 0.3), ("easy", 0.3), ("mix", 0.3), ("aign_top", 0.3), ("aign_bottom", 0.3),
+        ("acs_quick", 0.3), ("full", 1.0),
+    ]  # fmt: skip
+    assert (accuracy["seeds"] == 2).all()
+    agreement = pd.read_csv(report_dir / "figs/tables/proxy_agreement.csv")
+    assert agreement[["a", "b", "seed"]].values.tolist() == [["mlp", "mlp2", 0], ["mlp", "mlp2", 1]]
+    assert agreement["spearman"].between(-1, 1).all()
+    bins = pd.read_csv(report_dir / "figs/tables/easy_hard_accuracy.csv")
+    assert sorted(set(bins["bin"])) == [1, 2, 3] and set(bins["selection"]) == {"easy", "random"}
+    boundary = json.loads((report_dir / "toy/figures/decision_boundary.json").read_text())
+    assert list(boundary["arms"]) == ["all points", "easy"]
+    assert all(len(v["turning"]) == 2 for v in boundary["arms"].values())
+    projection = json.loads((report_dir / "figs/figures/feature_projection.json").read_text())
+    assert list(projection["regimes"]) == ["quick", "quick_pgd"]
+    coreset = json.loads((tmp_path / "results/coresets/digits/mix-f0.3-mlp-seed0.json").read_text())
+    assert sum(coreset["hard_per_class"].values()) > 0
+
+    # With report_missing the failed regime's cells render as missing, with a warning.
+    partial = snakemake(tmp_path, "--config", "report_missing=True")
+    assert partial.returncode == 0, partial.stderr[-3000:]
+    compute = pd.read_csv(report_dir / "compute/tables/accuracy.csv")
+    exploding = compute[compute["regime"] == "exploding"].iloc[0]
+    assert exploding["seeds"] == 0 and exploding["missing"]
+    assert "| exploding | full |" in (report_dir / "compute/tables/accuracy.md").read_text()
+    assert "missing" in (report_dir / "compute/tables/accuracy.md").read_text()
+    reduction = pd.read_csv(report_dir / "compute/tables/compute.csv")
+    assert str(reduction["reduction (%)"].tolist()[0]) == "0"
+    index = (report_dir / "index.md").read_text()
+    assert "## Claims vs measured" in index and "### EasyCore" in index
+    assert "some runs are missing or failed" in index
+    for study, stems in figures.items():
+        for stem in stems:
+            assert f"{study}/figures/{stem}.png" in index, stem
+
+    html = snakemake(tmp_path, "--config", "report_missing=True", "--report", "report.html")
+    assert html.returncode == 0, html.stderr[-3000:]
+    page = (tmp_path / "report.html").read_text()
+    assert "decision regions and boundary" in page, "figure captions are in the report"

@@ -72,7 +72,7 @@ def cmd_proxy(args: argparse.Namespace) -> None:
     from robustcore.probe import run_probe, save_probe
 
     device, generator = _setup(args)
-    train, _ = data.load(args.data)
+    train, test = data.load(args.data)
     meta, spec, model = _fresh_model(args, device)
     size = meta.get("image_size")
     log, cost = train_proxy(
@@ -83,6 +83,7 @@ def cmd_proxy(args: argparse.Namespace) -> None:
         generator=generator,
         out_dir=args.out,
         image_size=size,
+        test=test,
     )
     out = Path(args.out)
     # The shared probe pass: penultimate features and logits of the final proxy.
@@ -198,7 +199,7 @@ def cmd_coreset(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from robustcore.io import read_json, read_npz, read_parquet, write_json, write_parquet
-    from robustcore.select import select
+    from robustcore.select import hybrid_select, select
 
     params = args.params
     keep = params.get("keep", "low")
@@ -217,6 +218,10 @@ def cmd_coreset(args: argparse.Namespace) -> None:
             raise InputError(f"coreset keep {keep!r} needs --scores; without scores use 'random'")
     if keep == "all":
         kept, info = index, {"size": len(index), "n_total": len(index), "fraction": 1.0}
+    elif keep == "hybrid":
+        kept, info = hybrid_select(
+            index, labels, score, args.fraction, hard_share=params.get("hard_share", 0.5)
+        )
     else:
         kept, info = select(
             index,
@@ -271,7 +276,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     """Clean and robust test accuracy of a trained model under one attack."""
     from robustcore import data, models
     from robustcore.evaluate import evaluate
-    from robustcore.io import write_json, write_parquet
+    from robustcore.io import read_json, write_json, write_parquet
     from robustcore.runtime import resolve_device, seed_everything
 
     device = resolve_device(args.device)
@@ -281,6 +286,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     image_size = data.load_meta(args.data).get("image_size")
     loader = data.Loader(test, args.attack.get("batch_size", 256), device, image_size=image_size)
     summary, frame = evaluate(model, loader, args.attack, seed=args.seed)
+    if args.cost:
+        # The run's counted training compute travels with its accuracy, for the report.
+        summary["train_cost"] = read_json(args.cost)
     out = Path(args.out)
     write_parquet(out.with_suffix(".parquet"), frame)
     write_json(out, {**summary, "run": args.tags})
@@ -294,8 +302,21 @@ def cmd_report(args: argparse.Namespace) -> None:
     if args.index:
         report.write_index(args.out, args.study)
     else:
-        report.write_study(args.out, args.study, args.inputs)
+        writers = {
+            "study": report.write_study,
+            "compute": report.write_compute,
+            "top_vs_bottom": report.write_top_vs_bottom,
+        }
+        writers[args.part](args.out, args.study, args.inputs)
     print(f"report -> {args.out}")
+
+
+def cmd_figure(args: argparse.Namespace) -> None:
+    """Draw one of a study's figures that read stage files other than evaluations."""
+    from robustcore.report import jobs
+
+    jobs.run(args.kind, args.params, args.out)
+    print(f"figure {args.kind} -> {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,14 +381,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--attack", type=_json_arg, required=True, help="attack entry (JSON)")
     p.add_argument("--tags", type=_json_arg, default={}, help="run identity stored in the output")
+    p.add_argument("--cost", default=None, help="the run's cost.json, copied into the output")
     p.add_argument("--out", required=True, help="summary .json (per-sample .parquet beside it)")
     torch_opts(p)
 
     p = add("report", cmd_report, "render a study's tables and figures, or the index")
     p.add_argument("--study", type=_json_arg, required=True, help="study entry (JSON)")
     p.add_argument("--index", action="store_true", help="write index.md for all studies")
+    p.add_argument(
+        "--part",
+        choices=["study", "compute", "top_vs_bottom"],
+        default="study",
+        help="study: accuracy and comparison tables, accuracy figures; compute: compute table "
+        "and robust-vs-compute figure; top_vs_bottom: the score-ends figure",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("inputs", nargs="*", help="evaluation .json files")
+
+    p = add("figure", cmd_figure, "draw a figure from stage files (scores, dynamics, models)")
+    p.add_argument(
+        "--kind",
+        required=True,
+        help="hardness, proxy_agreement, decision_boundary, "
+        "feature_projection or easy_hard_accuracy",
+    )
+    p.add_argument("--params", type=_json_arg, required=True, help="input paths and options")
+    p.add_argument("--out", required=True, help="the study's report folder")
     return parser
 
 

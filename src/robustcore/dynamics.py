@@ -121,8 +121,13 @@ def train_proxy(
     generator: torch.Generator,
     out_dir: str | os.PathLike,
     image_size: int | None = None,
+    test: Split | None = None,
 ) -> tuple[list[dict[str, float]], Cost]:
-    """Train the proxy on all training samples, writing dynamics/epochNNN.parquet each epoch."""
+    """Train the proxy on all training samples, writing dynamics/epochNNN.parquet each epoch.
+
+    With `test`, the same eval-mode pass over the test set (never trained on) is written as
+    dynamics/test_epochNNN.parquet: the test samples' hardness, for per-hardness evaluation.
+    """
     capture = spec.get("capture", "eval")
     if capture not in CAPTURES:
         raise InputError(f"proxy capture {capture!r} unknown; expected one of {list(CAPTURES)}")
@@ -138,6 +143,9 @@ def train_proxy(
     loader = Loader(train, spec["batch_size"], device, image_size=image_size)
     eval_batch = spec.get("eval_batch_size", 4 * spec["batch_size"])
     eval_loader = Loader(train, eval_batch, device, image_size=image_size)
+    test_loader = (
+        Loader(test, eval_batch, device, image_size=image_size) if test is not None else None
+    )
     cost = Cost(device=str(device))
     batches: list[dict[str, np.ndarray]] = []
 
@@ -152,6 +160,10 @@ def train_proxy(
             frame = _frame(batches)
             batches.clear()
         write_parquet(staging / f"epoch{epoch:03d}.parquet", frame)
+        if test_loader is not None:
+            test_frame = capture_epoch(model, test_loader, head)
+            cost.add("capture_test", len(test_frame))
+            write_parquet(staging / f"test_epoch{epoch:03d}.parquet", test_frame)
         return {"mean_input_grad_norm": float(frame["input_grad_norm"].mean())}
 
     head = HeadInputs(model)

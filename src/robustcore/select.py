@@ -42,7 +42,7 @@ from robustcore.io import InputError
 KEEPS = ("low", "high", "random")
 SOLVER = "pulp-cbc"
 
-__all__ = ["KEEPS", "class_quotas", "greedy_select", "select"]
+__all__ = ["KEEPS", "class_quotas", "greedy_select", "hybrid_select", "select"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,6 +239,51 @@ def greedy_select(
     else:
         chosen = order[: _total(fraction, index.shape[0])]
     return np.sort(index[chosen])
+
+
+def hybrid_select(
+    index: np.ndarray,
+    labels: np.ndarray,
+    score: np.ndarray,
+    fraction: float,
+    *,
+    hard_share: float,
+) -> tuple[np.ndarray, dict]:
+    """Per class, the lowest-scored samples plus a `hard_share` of the quota from the highest.
+
+    The EasyCore paper's open question (can a few hard samples restore clean accuracy?): each
+    class keeps its balanced quota q_c, of which round(hard_share · q_c) (half up) are the
+    class's highest scores and the rest its lowest; ties go to the lower sample index.
+    """
+    if isinstance(hard_share, bool) or not isinstance(hard_share, (int, float, np.number)):
+        raise InputError(f"hard_share: expected a number in [0, 1], got {hard_share!r}")
+    if not 0.0 <= float(hard_share) <= 1.0:
+        raise InputError(f"hard_share: expected a value in [0, 1], got {hard_share}")
+    index, labels, fraction, _, _, low_rank = _prepare(index, labels, score, fraction, "low", 0)
+    high_rank = _priority(index, _check_score(score, index.shape[0], index), "high", 0)
+    classes, sizes = np.unique(labels, return_counts=True)
+    quotas = _quotas(classes, sizes, fraction)
+    share = Fraction(repr(float(hard_share)))
+    low_order = np.argsort(low_rank, kind="stable")
+    high_order = np.argsort(high_rank, kind="stable")
+    picked, hard_counts = [], {}
+    for c, q in quotas.items():
+        n_hard = int(math.floor(share * q + Fraction(1, 2)))
+        hard = high_order[labels[high_order] == c][:n_hard]
+        # A class's quota never exceeds its size, so easy and hard parts cannot overlap.
+        easy = low_order[labels[low_order] == c][: q - n_hard]
+        picked += [easy, hard]
+        hard_counts[str(c)] = n_hard
+    chosen = np.sort(index[np.concatenate(picked)])
+    info = {
+        "size": int(chosen.shape[0]),
+        "n_total": int(index.shape[0]),
+        "fraction": float(fraction),
+        "hard_share": float(hard_share),
+        "hard_per_class": hard_counts,
+        "solver": "greedy per class (the integer program's unique optimum)",
+    }
+    return chosen, info
 
 
 # --------------------------------------------------------------------------------------------

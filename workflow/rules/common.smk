@@ -105,8 +105,9 @@ def expand_study_scores():
     """A study's `scores` × `ends` become selections named <score>_<end> (defined if missing)."""
     for study in config["studies"].values():
         # Schema defaults may hand every study the same list object: give each its own.
-        study["selections"] = list(study["selections"])
-        study["regimes"] = list(study["regimes"])
+        for key in ("selections", "regimes", "dynamic", "compare"):
+            study[key] = list(study[key])
+        study["figures"] = dict(study.get("figures") or {})
         for score in study["scores"]:
             for end in study["ends"]:
                 name = f"{score}_{end}"
@@ -130,6 +131,8 @@ def check_config():
         check_reference(f"proxies.{name}.model", proxy["model"], "models")
         check_reference(f"proxies.{name}.regime", proxy["regime"], "regimes")
     for name, selection in config.get("selections", {}).items():
+        if "proxy" in selection:
+            check_reference(f"selections.{name}.proxy", selection["proxy"], "proxies")
         if selection["keep"] != "random":
             if "score" not in selection:
                 raise ValueError(
@@ -165,11 +168,41 @@ def check_config():
         for selection in study["selections"]:
             check_reference(f"{key}.selections", selection, "selections")
         if any(
-            config["selections"][s]["keep"] != "random" for s in study["selections"]
+            config["selections"][s]["keep"] != "random"
+            and "proxy" not in config["selections"][s]
+            for s in study["selections"]
         ):
             check_reference(f"{key}.proxy", study.get("proxy"), "proxies")
         for attack in study["attacks"]:
             check_reference(f"{key}.attacks", attack, "attacks")
+        for regime in study["dynamic"]:
+            check_reference(f"{key}.dynamic", regime, "regimes")
+            if config["regimes"][regime]["type"] != "acs":
+                raise ValueError(
+                    f"config error: {key}.dynamic = {regime!r}: expected a regime of type acs "
+                    f"(dynamic selection), got type {config['regimes'][regime]['type']!r}"
+                )
+        reference = study["compute_reference"]
+        if reference is not None and (
+            reference not in study["regimes"] or not study["full"]
+        ):
+            raise ValueError(
+                f"config error: {key}.compute_reference = {reference!r}: expected one of the "
+                f"study's regimes {study['regimes']} with full: true"
+            )
+        for i, entry in enumerate(study["compare"]):
+            names = (
+                set(study["selections"]) | set(study["regimes"]) | set(study["dynamic"])
+            )
+            names |= {"full"} if study["full"] else set()
+            for side in ("a", "b"):
+                if entry[side] not in names:
+                    config_error(f"{key}.compare.{i}.{side}", entry[side], names)
+            if "attack" in entry and entry["attack"] not in study["attacks"]:
+                config_error(
+                    f"{key}.compare.{i}.attack", entry["attack"], study["attacks"]
+                )
+        check_figures(key, study)
     for name in used_datasets():
         dataset = config["datasets"][name]
         if dataset["source"] in TORCHVISION_FILES:
@@ -181,6 +214,52 @@ def check_config():
                     "download: true on a machine with internet), or set data_root / "
                     f"datasets.{name}.root"
                 )
+
+
+def check_figures(key, study):
+    """A study's figure entries name scores, proxies, selections and regimes that exist."""
+    figures = study.setdefault("figures", {})
+    key = f"{key}.figures"
+    for kind, entry in figures.items():
+        if "score" in entry:
+            check_reference(f"{key}.{kind}.score", entry["score"], "scores")
+    needs_proxy = {"hardness", "easy_hard_accuracy", "feature_projection"} & set(
+        figures
+    )
+    if needs_proxy:
+        check_reference(
+            f"{key}.{sorted(needs_proxy)[0]} needs {key[:-8]}.proxy",
+            study.get("proxy"),
+            "proxies",
+        )
+    if "proxy_agreement" in figures:
+        for proxy in figures["proxy_agreement"]["proxies"]:
+            check_reference(f"{key}.proxy_agreement.proxies", proxy, "proxies")
+    if "decision_boundary" in figures:
+        entry = figures["decision_boundary"]
+        check_reference(
+            f"{key}.decision_boundary.selection", entry["selection"], "selections"
+        )
+    if "feature_projection" in figures:
+        for regime in figures["feature_projection"]["regimes"]:
+            check_reference(f"{key}.feature_projection.regimes", regime, "regimes")
+    if "easy_hard_accuracy" in figures:
+        entry = figures["easy_hard_accuracy"]
+        for selection in entry["selections"]:
+            if selection not in study["selections"]:
+                config_error(
+                    f"{key}.easy_hard_accuracy.selections",
+                    selection,
+                    study["selections"],
+                )
+        if entry["attack"] not in study["attacks"]:
+            config_error(
+                f"{key}.easy_hard_accuracy.attack", entry["attack"], study["attacks"]
+            )
+    if "top_vs_bottom" in figures:
+        for score in figures["top_vs_bottom"]["scores"]:
+            if score not in study["scores"]:
+                config_error(f"{key}.top_vs_bottom.scores", score, study["scores"])
 
 
 def used_datasets():
@@ -197,12 +276,18 @@ def fraction_tag(fraction):
 
 
 def coreset_name(selection, fraction, proxy, seed):
-    """Coreset file stem: selection, fraction, proxy (for scored selections) and seed."""
+    """Coreset file stem: selection, fraction, proxy (for scored selections) and seed.
+
+    `proxy` is the study's; a selection that names its own proxy uses that one.
+    """
     if selection == "full":
         return "full"
-    if config["selections"][selection]["keep"] == "random":
+    entry = config["selections"][selection]
+    if entry["keep"] == "random":
         return f"{selection}-f{fraction_tag(fraction)}-seed{seed}"
-    return f"{selection}-f{fraction_tag(fraction)}-{proxy}-seed{seed}"
+    return (
+        f"{selection}-f{fraction_tag(fraction)}-{entry.get('proxy', proxy)}-seed{seed}"
+    )
 
 
 CORESET_RE = re.compile(
@@ -248,17 +333,40 @@ def study_arms(study):
 def study_evals(wildcards):
     """Every evaluation file a study's report reads."""
     study = config["studies"][wildcards.study]
-    files = []
-    for selection, fraction in study_arms(study):
-        for seed in study["seeds"]:
-            coreset = coreset_name(selection, fraction, study.get("proxy"), seed)
-            for regime in study["regimes"]:
-                for attack in study["attacks"]:
-                    files.append(
-                        f"results/eval/{study['dataset']}/{study['model']}/{regime}/"
-                        f"{coreset}/seed{seed}/{attack}.json"
-                    )
+    runs = [
+        (regime, coreset_name(selection, fraction, study.get("proxy"), seed), seed)
+        for selection, fraction in study_arms(study)
+        for seed in study["seeds"]
+        for regime in study["regimes"]
+    ]
+    # Dynamic selection (ACS) trains on the full set, choosing its subset every epoch.
+    runs += [
+        (regime, "full", seed) for regime in study["dynamic"] for seed in study["seeds"]
+    ]
+    files = [
+        eval_file(study, regime, coreset, seed, attack)
+        for regime, coreset, seed in runs
+        for attack in study["attacks"]
+    ]
+    return existing_only(files)
+
+
+def existing_only(files):
+    """With report_missing, only the evaluations already on disk (the rest render as missing)."""
+    if config["report_missing"]:
+        return [f for f in files if Path(f).is_file()]
     return files
+
+
+def eval_file(study, regime, coreset, seed, attack):
+    return (
+        f"results/eval/{study['dataset']}/{study['model']}/{regime}/{coreset}/seed{seed}/"
+        f"{attack}.json"
+    )
+
+
+def run_dir(study, regime, coreset, seed):
+    return f"results/runs/{study['dataset']}/{study['model']}/{regime}/{coreset}/seed{seed}"
 
 
 def study_coresets(wildcards):
@@ -273,7 +381,207 @@ def study_coresets(wildcards):
 
 
 def study_json(wildcards):
-    return as_json({"name": wildcards.study, **config["studies"][wildcards.study]})
+    """A study entry for the report: its name, and its dynamic regimes' per-epoch fractions."""
+    study = config["studies"][wildcards.study]
+    dynamic = {r: config["regimes"][r].get("fraction", 0.5) for r in study["dynamic"]}
+    return as_json({**study, "name": wildcards.study, "dynamic": dynamic})
+
+
+def report_studies():
+    """Every study entry as the index reads it."""
+    return as_json(
+        {
+            name: {
+                **study,
+                "dynamic": {
+                    r: config["regimes"][r].get("fraction", 0.5)
+                    for r in study["dynamic"]
+                },
+            }
+            for name, study in config["studies"].items()
+        }
+    )
+
+
+# The report files of a study besides tables/accuracy.* (rule -> files), by what it configures.
+def study_outputs(name):
+    """Every report file of one study (the index and `all` need them)."""
+    study = config["studies"][name]
+    root = f"results/report/{name}"
+    files = [
+        f"{root}/tables/accuracy.md",
+        f"{root}/tables/comparisons.md",
+        f"{root}/figures/accuracy_vs_fraction.png",
+        f"{root}/figures/clean_vs_robust.png",
+    ]
+    if study["compute_reference"]:
+        files += [f"{root}/tables/compute.md", f"{root}/figures/robust_vs_compute.png"]
+    figures = study["figures"]
+    if "hardness" in figures:
+        files += [
+            f"{root}/figures/hardness_examples.png",
+            f"{root}/figures/hardness_distribution.png",
+        ]
+    for kind in (
+        "proxy_agreement",
+        "decision_boundary",
+        "feature_projection",
+        "easy_hard_accuracy",
+        "top_vs_bottom",
+    ):
+        if kind in figures:
+            files.append(f"{root}/figures/{kind}.png")
+    return files
+
+
+def first_seed(study):
+    return study["seeds"][0]
+
+
+def score_file(study, proxy, seed, score):
+    return f"results/scores/{study['dataset']}/{proxy}/seed{seed}/{score}.parquet"
+
+
+def proxy_dir(study, proxy, seed):
+    return f"results/proxy/{study['dataset']}/{proxy}/seed{seed}"
+
+
+def hardness_params(wildcards):
+    """Inputs of Figs. 1-2: the first seed's score, dynamics and the data."""
+    study = config["studies"][wildcards.study]
+    entry = study["figures"]["hardness"]
+    seed = first_seed(study)
+    return {
+        "data": f"results/data/{study['dataset']}",
+        "score": score_file(study, study["proxy"], seed, entry["score"]),
+        "dynamics": f"{proxy_dir(study, study['proxy'], seed)}/dynamics",
+        "share": entry["share"],
+    }
+
+
+def proxy_agreement_params(wildcards):
+    """Inputs of Fig. 3: the score from every listed proxy in every seed."""
+    study = config["studies"][wildcards.study]
+    entry = study["figures"]["proxy_agreement"]
+    return {
+        "seeds": study["seeds"],
+        "fraction": entry["fraction"],
+        "scores": {
+            proxy: [score_file(study, proxy, s, entry["score"]) for s in study["seeds"]]
+            for proxy in entry["proxies"]
+        },
+    }
+
+
+def decision_boundary_params(wildcards):
+    """Inputs of Fig. 4: full-data and coreset models and coresets of every seed."""
+    study = config["studies"][wildcards.study]
+    entry = study["figures"]["decision_boundary"]
+    regime = study["regimes"][0]
+    arms = {
+        "all points": ("full", 1.0),
+        entry["selection"]: (entry["selection"], entry["fraction"]),
+    }
+    params = {
+        "data": f"results/data/{study['dataset']}",
+        "seeds": study["seeds"],
+        "arms": {},
+    }
+    for label, (selection, fraction) in arms.items():
+        coresets = [
+            coreset_name(selection, fraction, study.get("proxy"), s)
+            for s in study["seeds"]
+        ]
+        params["arms"][label] = {
+            "models": [
+                f"{run_dir(study, regime, c, s)}/model.pt"
+                for c, s in zip(coresets, study["seeds"])
+            ],
+            "coresets": [
+                (
+                    None
+                    if c == "full"
+                    else f"results/coresets/{study['dataset']}/{c}.parquet"
+                )
+                for c in coresets
+            ],
+        }
+    return params
+
+
+def feature_projection_params(wildcards):
+    """Inputs of Fig. 5: full-data models under each listed regime, and the score, per seed."""
+    study = config["studies"][wildcards.study]
+    entry = study["figures"]["feature_projection"]
+    return {
+        "data": f"results/data/{study['dataset']}",
+        "seeds": study["seeds"],
+        "share": entry["share"],
+        "scores": [
+            score_file(study, study["proxy"], s, entry["score"]) for s in study["seeds"]
+        ],
+        "models": {
+            regime: [
+                f"{run_dir(study, regime, 'full', s)}/model.pt" for s in study["seeds"]
+            ]
+            for regime in entry["regimes"]
+        },
+    }
+
+
+def easy_hard_params(wildcards):
+    """Inputs of Fig. 6: the two selections' evaluations and the proxies' test dynamics."""
+    study = config["studies"][wildcards.study]
+    entry = study["figures"]["easy_hard_accuracy"]
+    score = config["scores"][entry["score"]]
+    return {
+        "seeds": study["seeds"],
+        "selections": entry["selections"],
+        "attack": entry["attack"],
+        "bins": entry["bins"],
+        "window": [score.get("first_epoch", 1), score.get("last_epoch")],
+        "test_dynamics": [
+            f"{proxy_dir(study, study['proxy'], s)}/dynamics" for s in study["seeds"]
+        ],
+        "evals": existing_only(
+            [
+                eval_file(
+                    study,
+                    regime,
+                    coreset_name(sel, f, study.get("proxy"), s),
+                    s,
+                    entry["attack"],
+                )
+                for regime in study["regimes"][:1]
+                for sel in entry["selections"]
+                for f in study["fractions"]
+                for s in study["seeds"]
+            ]
+        ),
+    }
+
+
+def figure_inputs(params):
+    """Every file path inside a figure job's parameters (its Snakemake inputs)."""
+
+    def walk(value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key != "data":
+                    yield from walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from walk(item)
+        elif isinstance(value, str) and value.startswith("results/"):
+            yield value
+
+    found = list(walk(params))
+    if "data" in params:
+        found += [
+            f"{params['data']}/{name}"
+            for name in ("train.npz", "test.npz", "meta.json")
+        ]
+    return found
 
 
 def coreset_scores(wildcards):

@@ -2,6 +2,7 @@ rule evaluate_model:
     input:
         data=data_files("{dataset}"),
         model="results/runs/{dataset}/{model}/{regime}/{coreset}/seed{seed}/model.pt",
+        cost="results/runs/{dataset}/{model}/{regime}/{coreset}/seed{seed}/cost.json",
     output:
         summary="results/eval/{dataset}/{model}/{regime}/{coreset}/seed{seed}/{attack}.json",
         per_sample="results/eval/{dataset}/{model}/{regime}/{coreset}/seed{seed}/{attack}.parquet",
@@ -18,5 +19,5 @@ rule evaluate_model:
         device=config["device"],
     shell:
         "python -m robustcore evaluate --model {input.model} --data results/data/{wildcards.dataset} "
-        "--attack {params.attack:q} --tags {params.tags:q} --seed {wildcards.seed} "
+        "--attack {params.attack:q} --tags {params.tags:q} --cost {input.cost} --seed {wildcards.seed} "
         "--device {params.device:q} --threads {threads} --out {output.summary} > {log} 2>&1"

@@ -2,20 +2,40 @@ rule report_study:
     input:
         study_evals,
     output:
-        table_csv=report(
-            "results/report/{study}/tables/accuracy.csv",
+        table_md=report(
+            "results/report/{study}/tables/accuracy.md",
             caption="../report/accuracy_table.rst",
             category="{study}",
-            labels={"kind": "table"},
+            subcategory="tables",
+            labels={"kind": "table", "name": "accuracy"},
         ),
-        table_md="results/report/{study}/tables/accuracy.md",
-        figure_png=report(
+        table_csv="results/report/{study}/tables/accuracy.csv",
+        table_tex="results/report/{study}/tables/accuracy.tex",
+        comparisons_md=report(
+            "results/report/{study}/tables/comparisons.md",
+            caption="../report/comparisons.rst",
+            category="{study}",
+            subcategory="tables",
+            labels={"kind": "table", "name": "paired comparisons"},
+        ),
+        comparisons_csv="results/report/{study}/tables/comparisons.csv",
+        comparisons_tex="results/report/{study}/tables/comparisons.tex",
+        fraction_png=report(
             "results/report/{study}/figures/accuracy_vs_fraction.png",
             caption="../report/accuracy_vs_fraction.rst",
             category="{study}",
-            labels={"kind": "figure"},
+            subcategory="figures",
+            labels={"kind": "figure", "name": "accuracy vs fraction"},
         ),
-        figure_pdf="results/report/{study}/figures/accuracy_vs_fraction.pdf",
+        fraction_pdf="results/report/{study}/figures/accuracy_vs_fraction.pdf",
+        tradeoff_png=report(
+            "results/report/{study}/figures/clean_vs_robust.png",
+            caption="../report/clean_vs_robust.rst",
+            category="{study}",
+            subcategory="figures",
+            labels={"kind": "figure", "name": "clean vs robust"},
+        ),
+        tradeoff_pdf="results/report/{study}/figures/clean_vs_robust.pdf",
     log:
         "logs/report_study/{study}.log",
     conda:
@@ -23,20 +43,214 @@ rule report_study:
     params:
         study=study_json,
     shell:
-        "python -m robustcore report --study {params.study:q} --out results/report/{wildcards.study} "
-        "{input:q} > {log} 2>&1"
+        "python -m robustcore report --part study --study {params.study:q} "
+        "--out results/report/{wildcards.study} {input:q} > {log} 2>&1"
+
+
+rule report_compute:
+    input:
+        study_evals,
+    output:
+        table_md=report(
+            "results/report/{study}/tables/compute.md",
+            caption="../report/compute_table.rst",
+            category="{study}",
+            subcategory="tables",
+            labels={"kind": "table", "name": "compute"},
+        ),
+        table_csv="results/report/{study}/tables/compute.csv",
+        table_tex="results/report/{study}/tables/compute.tex",
+        figure_png=report(
+            "results/report/{study}/figures/robust_vs_compute.png",
+            caption="../report/robust_vs_compute.rst",
+            category="{study}",
+            subcategory="figures",
+            labels={"kind": "figure", "name": "robust vs compute"},
+        ),
+        figure_pdf="results/report/{study}/figures/robust_vs_compute.pdf",
+    log:
+        "logs/report_compute/{study}.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        study=study_json,
+    shell:
+        "python -m robustcore report --part compute --study {params.study:q} "
+        "--out results/report/{wildcards.study} {input:q} > {log} 2>&1"
+
+
+rule plot_top_vs_bottom:
+    input:
+        study_evals,
+    output:
+        png=report(
+            "results/report/{study}/figures/top_vs_bottom.png",
+            caption="../report/top_vs_bottom.rst",
+            category="{study}",
+            subcategory="figures",
+            labels={"kind": "figure", "name": "top vs bottom"},
+        ),
+        pdf="results/report/{study}/figures/top_vs_bottom.pdf",
+    log:
+        "logs/plot_top_vs_bottom/{study}.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        study=study_json,
+    shell:
+        "python -m robustcore report --part top_vs_bottom --study {params.study:q} "
+        "--out results/report/{wildcards.study} {input:q} > {log} 2>&1"
+
+
+rule plot_hardness:
+    input:
+        lambda wc: figure_inputs(hardness_params(wc)),
+    output:
+        examples=report(
+            "results/report/{study}/figures/hardness_examples.png",
+            caption="../report/hardness_examples.rst",
+            category="{study}",
+            subcategory="figures",
+            labels={"kind": "figure", "name": "easiest and hardest images"},
+        ),
+        examples_pdf="results/report/{study}/figures/hardness_examples.pdf",
+        examples_json="results/report/{study}/figures/hardness_examples.json",
+        distribution=report(
+            "results/report/{study}/figures/hardness_distribution.png",
+            caption="../report/hardness_distribution.rst",
+            category="{study}",
+            subcategory="figures",
+            labels={"kind": "figure", "name": "AIGN distribution"},
+        ),
+        distribution_pdf="results/report/{study}/figures/hardness_distribution.pdf",
+        distribution_json="results/report/{study}/figures/hardness_distribution.json",
+    log:
+        "logs/plot_hardness/{study}.log",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        figure=lambda wc: as_json(hardness_params(wc)),
+    shell:
+        "python -m robustcore figure --kind hardness --params {params.figure:q} "
+        "--out results/report/{wildcards.study} > {log} 2>&1"
+
+
+rule plot_proxy_agreement:
+    input:
+        lambda wc: figure_inputs(proxy_agreement_params(wc)),
+    output:
+        png=report(
+            "results/report/{study}/figures/proxy_agreement.png",
+            caption="../report/proxy_agreement.rst",
+            category="{study}",
+            subcategory="figures",
+            labels={"kind": "figure", "name": "proxy agreement"},
+        ),
+        pdf="results/report/{study}/figures/proxy_agreement.pdf",
+        table_csv="results/report/{study}/tables/proxy_agreement.csv",
+        table_md="results/report/{study}/tables/proxy_agreement.md",
+        table_tex="results/report/{study}/tables/proxy_agreement.tex",
+    log:
+        "logs/plot_proxy_agreement/{study}.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        figure=lambda wc: as_json(proxy_agreement_params(wc)),
+    shell:
+        "python -m robustcore figure --kind proxy_agreement --params {params.figure:q} "
+        "--out results/report/{wildcards.study} > {log} 2>&1"
+
+
+rule plot_decision_boundary:
+    input:
+        lambda wc: figure_inputs(decision_boundary_params(wc)),
+    output:
+        png=report(
+            "results/report/{study}/figures/decision_boundary.png",
+            caption="../report/decision_boundary.rst",
+            category="{study}",
+            subcategory="figures",
+            labels={"kind": "figure", "name": "decision boundary"},
+        ),
+        pdf="results/report/{study}/figures/decision_boundary.pdf",
+        measured="results/report/{study}/figures/decision_boundary.json",
+    log:
+        "logs/plot_decision_boundary/{study}.log",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        figure=lambda wc: as_json(decision_boundary_params(wc)),
+    shell:
+        "python -m robustcore figure --kind decision_boundary --params {params.figure:q} "
+        "--out results/report/{wildcards.study} > {log} 2>&1"
+
+
+rule plot_feature_projection:
+    input:
+        lambda wc: figure_inputs(feature_projection_params(wc)),
+    output:
+        png=report(
+            "results/report/{study}/figures/feature_projection.png",
+            caption="../report/feature_projection.rst",
+            category="{study}",
+            subcategory="figures",
+            labels={"kind": "figure", "name": "feature projection"},
+        ),
+        pdf="results/report/{study}/figures/feature_projection.pdf",
+        measured="results/report/{study}/figures/feature_projection.json",
+    log:
+        "logs/plot_feature_projection/{study}.log",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        figure=lambda wc: as_json(feature_projection_params(wc)),
+    shell:
+        "python -m robustcore figure --kind feature_projection --params {params.figure:q} "
+        "--out results/report/{wildcards.study} > {log} 2>&1"
+
+
+rule plot_easy_hard_accuracy:
+    input:
+        lambda wc: figure_inputs(easy_hard_params(wc)),
+    output:
+        png=report(
+            "results/report/{study}/figures/easy_hard_accuracy.png",
+            caption="../report/easy_hard_accuracy.rst",
+            category="{study}",
+            subcategory="figures",
+            labels={"kind": "figure", "name": "accuracy by test hardness"},
+        ),
+        pdf="results/report/{study}/figures/easy_hard_accuracy.pdf",
+        table_csv="results/report/{study}/tables/easy_hard_accuracy.csv",
+        table_md="results/report/{study}/tables/easy_hard_accuracy.md",
+        table_tex="results/report/{study}/tables/easy_hard_accuracy.tex",
+        diffs="results/report/{study}/tables/easy_hard_accuracy_diffs.csv",
+    log:
+        "logs/plot_easy_hard_accuracy/{study}.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        figure=lambda wc: as_json(easy_hard_params(wc)),
+    shell:
+        "python -m robustcore figure --kind easy_hard_accuracy --params {params.figure:q} "
+        "--out results/report/{wildcards.study} > {log} 2>&1"
 
 
 rule report_index:
     input:
-        expand("results/report/{study}/tables/accuracy.md", study=config["studies"]),
+        [file for name in config["studies"] for file in study_outputs(name)],
     output:
-        "results/report/index.md",
+        report(
+            "results/report/index.md",
+            caption="../report/index.rst",
+            category="index",
+            labels={"kind": "index"},
+        ),
     log:
         "logs/report_index.log",
     conda:
         "../../envs/report.yaml"
     params:
-        studies=as_json(config["studies"]),
+        studies=report_studies(),
     shell:
         "python -m robustcore report --index --study {params.studies:q} --out {output} > {log} 2>&1"

@@ -271,6 +271,11 @@ def as_json(entry):
     return json.dumps(entry, sort_keys=True, separators=(",", ":"))
 
 
+def ordered_json(entry):
+    """Like as_json, keeping the config's order (studies, regimes and proxies as listed)."""
+    return json.dumps(entry, separators=(",", ":"))
+
+
 def fraction_tag(fraction):
     return f"{float(fraction):g}"
 
@@ -388,8 +393,8 @@ def study_json(wildcards):
 
 
 def report_studies():
-    """Every study entry as the index reads it."""
-    return as_json(
+    """Every study entry as the index reads it, in config order."""
+    return ordered_json(
         {
             name: {
                 **study,

@@ -129,7 +129,7 @@ rule plot_hardness:
     conda:
         "../../envs/torch.yaml"
     params:
-        figure=lambda wc: as_json(hardness_params(wc)),
+        figure=lambda wc: ordered_json(hardness_params(wc)),
     shell:
         "python -m robustcore figure --kind hardness --params {params.figure:q} "
         "--out results/report/{wildcards.study} > {log} 2>&1"
@@ -155,7 +155,7 @@ rule plot_proxy_agreement:
     conda:
         "../../envs/report.yaml"
     params:
-        figure=lambda wc: as_json(proxy_agreement_params(wc)),
+        figure=lambda wc: ordered_json(proxy_agreement_params(wc)),
     shell:
         "python -m robustcore figure --kind proxy_agreement --params {params.figure:q} "
         "--out results/report/{wildcards.study} > {log} 2>&1"
@@ -179,7 +179,7 @@ rule plot_decision_boundary:
     conda:
         "../../envs/torch.yaml"
     params:
-        figure=lambda wc: as_json(decision_boundary_params(wc)),
+        figure=lambda wc: ordered_json(decision_boundary_params(wc)),
     shell:
         "python -m robustcore figure --kind decision_boundary --params {params.figure:q} "
         "--out results/report/{wildcards.study} > {log} 2>&1"
@@ -203,7 +203,7 @@ rule plot_feature_projection:
     conda:
         "../../envs/torch.yaml"
     params:
-        figure=lambda wc: as_json(feature_projection_params(wc)),
+        figure=lambda wc: ordered_json(feature_projection_params(wc)),
     shell:
         "python -m robustcore figure --kind feature_projection --params {params.figure:q} "
         "--out results/report/{wildcards.study} > {log} 2>&1"
@@ -230,7 +230,7 @@ rule plot_easy_hard_accuracy:
     conda:
         "../../envs/report.yaml"
     params:
-        figure=lambda wc: as_json(easy_hard_params(wc)),
+        figure=lambda wc: ordered_json(easy_hard_params(wc)),
     shell:
         "python -m robustcore figure --kind easy_hard_accuracy --params {params.figure:q} "
         "--out results/report/{wildcards.study} > {log} 2>&1"

@@ -420,14 +420,11 @@ def decision_boundary(
         ax.set_aspect("equal")
         ax.set_xlabel("input feature x₁ (unitless, in [0, 1])")
         ax.set_ylabel("input feature x₂ (unitless, in [0, 1])")
-        ax.set_title(f"{name} (n = {len(x)})")
-        ax.text(
-            0.02,
-            0.02,
-            f"boundary length {length:.2f}, turning {turning:.2f} rad\ntrain acc. {accuracy:.1%}",
-            transform=ax.transAxes,
-            fontsize=7,
-            bbox={"facecolor": "white", "edgecolor": "black", "alpha": 0.85},
+        # The measures go in the title: a text box inside the square would hide points.
+        ax.set_title(
+            f"{name} (n = {len(x)})\nboundary length {length:.2f}, turning {turning:.2f} rad, "
+            f"train acc. {accuracy:.1%}",
+            fontsize=9,
         )
         result[name] = {
             "boundary_length": length,

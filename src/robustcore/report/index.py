@@ -23,10 +23,25 @@ FIGURES = {
     "easy_hard_accuracy": [("easy_hard_accuracy", "Fig. 6: robust accuracy by test hardness")],
     "top_vs_bottom": [("top_vs_bottom", "top vs bottom variants over fractions")],
 }
+# The numbers behind a figure: a table (CSV, Markdown, LaTeX) or a JSON file.
+FIGURE_DATA = {
+    "hardness": ["figures/hardness_examples.json", "figures/hardness_distribution.json"],
+    "proxy_agreement": ["tables/proxy_agreement.csv", "tables/proxy_agreement.md",
+                        "tables/proxy_agreement.tex"],
+    "decision_boundary": ["figures/decision_boundary.json"],
+    "feature_projection": ["figures/feature_projection.json"],
+    "easy_hard_accuracy": ["tables/easy_hard_accuracy.csv", "tables/easy_hard_accuracy.md",
+                           "tables/easy_hard_accuracy.tex", "tables/easy_hard_accuracy_diffs.csv"],
+    "top_vs_bottom": [],
+}  # fmt: skip
 
 
 def _pp(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:+.1f}"
+
+
+def _where(fraction: float) -> str:
+    return "full data" if fraction == 1.0 else f"f={fraction:g}"
 
 
 def _verdict_counts(rows: pd.DataFrame) -> str:
@@ -47,7 +62,7 @@ def compare_claims(study: dict[str, Any], diffs: pd.DataFrame) -> list[str]:
             lines.append("  - measured: no paired runs (missing); see the study's warnings")
             continue
         measured = "; ".join(
-            f"{r.metric} {r.attack} f={r.fraction:g}: {_pp(r.diff_mean)} pp "
+            f"{r.metric} {r.attack} {_where(r.fraction)}: {_pp(r.diff_mean)} pp "
             f"[{_pp(r.diff_low)}, {_pp(r.diff_high)}] {r.verdict}"
             for r in rows.itertuples()
         )
@@ -91,8 +106,8 @@ def figure_claims(study: dict[str, Any], root: Path) -> list[str]:
         for (a, b), rows in table.groupby(["a", "b"], sort=False):
             low_vs_chance = (rows["overlap_low"] > rows["chance"]).all()
             lines += [
-                f"- **Claim (EasyCore, Fig. 3):** AIGN is model-agnostic: proxies {a} and {b} "
-                "rank samples alike.",
+                "- **Claim (EasyCore, Fig. 3):** AIGN is a property of the data, not of the "
+                f"proxy: proxies {a} and {b} rank the samples alike.",
                 f"  - measured over seeds: Spearman ρ {_mean_sd(rows['spearman'].tolist())}, "
                 f"Kendall τ {_mean_sd(rows['kendall'].tolist())}, overlap of the easiest "
                 f"f = {figures['proxy_agreement']['fraction']:g}: "
@@ -134,13 +149,27 @@ def figure_claims(study: dict[str, Any], root: Path) -> list[str]:
         ]
     if "easy_hard_accuracy" in figures:
         diffs = pd.read_csv(root / study["name"] / "tables" / "easy_hard_accuracy_diffs.csv")
-        for r in diffs.itertuples():
+        claims = {
+            "easiest": "improves robust accuracy on the easiest test samples (the paper's claim)",
+            "hardest": "also improves it on the hardest test samples (the paper's caveat: it "
+            "may not)",
+        }
+        for side, text in claims.items():
+            rows = diffs[diffs["bin_name"].str.startswith(side)]
+            if rows.empty:
+                continue
+            first = rows.iloc[0]
             lines += [
-                f"- **Claim (EasyCore, Fig. 6):** training on {r.a} improves robust accuracy on "
-                f"the {r.bin_name} test samples over {r.b}.",
-                f"  - measured (f = {r.fraction:g}, {r.attack}, paired over seeds): "
-                f"{_pp(r.diff_mean)} pp [{_pp(r.diff_low)}, {_pp(r.diff_high)}]",
-                f"  - verdict: {r.verdict}",
+                f"- **Claim (EasyCore, Fig. 6):** training on {first.a} rather than {first.b} "
+                f"{text}.",
+                f"  - measured ({first.a} − {first.b}, robust accuracy under {first.attack} on the "
+                f"{first.bin_name} test samples by AIGN, paired over seeds): "
+                + "; ".join(
+                    f"f={r.fraction:g}: {_pp(r.diff_mean)} pp [{_pp(r.diff_low)}, "
+                    f"{_pp(r.diff_high)}] {r.verdict}"
+                    for r in rows.itertuples()
+                ),
+                f"  - verdict: {_verdict_counts(rows)}",
             ]
     return lines
 
@@ -157,11 +186,11 @@ def compute_claims(study: dict[str, Any], root: Path) -> list[str]:
         if not math.isnan(r.compute_reduction) and r.regime != study["compute_reference"]
     ]
     return [
-        f"- **Claim ({study.get('paper', 'selective AT')}):** selective adversarial training "
-        f"cuts adversarial computation by up to 50 % while keeping robustness.",
-        f"  - measured compute reduction vs {study['compute_reference']} (counted sample "
-        f"passes): " + "; ".join(parts),
-        "  - robustness: see the paired comparisons below",
+        "- **Compute** (the selective-AT paper claims up to 50 % less adversarial computation "
+        "at equal robustness):",
+        f"  - measured reduction of counted training passes vs {study['compute_reference']} on "
+        f"full data: " + "; ".join(parts),
+        f"  - robustness at that compute: see the paired comparisons and `{study['name']}` below",
     ]
 
 
@@ -231,6 +260,13 @@ def write_index(out_file: str | os.PathLike, studies: dict[str, Any]) -> None:
             figures.append(("robust_vs_compute", "robust accuracy against counted compute"))
         for kind in study.get("figures") or {}:
             figures += FIGURES[kind]
+        data = [f for kind in study.get("figures") or {} for f in FIGURE_DATA[kind]]
+        if data:
+            sections += [
+                "Numbers behind the figures: "
+                + " · ".join(f"[{Path(f).name}]({name}/{f})" for f in data),
+                "",
+            ]
         for stem, title in figures:
             sections += [
                 f"### {title}",

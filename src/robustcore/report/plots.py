@@ -42,7 +42,7 @@ def line_style(i: int) -> dict[str, Any]:
     }
 
 
-def _grid(n_panels: int, width: float = 4.5, height: float = 3.8):
+def _grid(n_panels: int, width: float = 5.0, height: float = 4.0):
     plt = pyplot()
     ncols = min(3, n_panels)
     nrows = -(-n_panels // ncols)
@@ -208,22 +208,23 @@ def plot_robust_vs_compute(table: pd.DataFrame, study: dict[str, Any], stem: Pat
         for i, row in enumerate(part.itertuples()):
             name = row.regime if row.selection == "full" else f"{row.selection} f={row.fraction:g}"
             style = line_style(i)
+            x, y = row.train_passes_mean / 1e6, 100 * row.robust_mean
             ax.errorbar(
-                row.train_passes_mean / 1e6,
-                100 * row.robust_mean,
+                x,
+                y,
                 xerr=0 if pd.isna(row.train_passes_std) else row.train_passes_std / 1e6,
                 yerr=0 if pd.isna(row.robust_std) else 100 * row.robust_std,
-                label=name,
                 color="black",
                 marker=style["marker"],
                 markerfacecolor=style["markerfacecolor"],
                 linestyle="none",
                 capsize=3,
             )
+            # Each point named beside it: markers alone do not tell a dozen arms apart in grey.
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
         ax.set_title(f"robust accuracy under {attack} vs compute")
-        ax.set_xlabel("counted training compute (million sample forward + backward passes)")
+        ax.set_xlabel("training compute (million sample passes, fwd + bwd)")
         ax.set_ylabel(f"robust accuracy under {attack} (%)")
         ax.grid(alpha=0.3)
-    _legend(fig, axes[0])
     _suptitle(fig, study, "robustness per unit of compute")
     save(fig, stem)

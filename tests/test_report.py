@@ -208,7 +208,7 @@ def test_comparisons_pair_by_seed_and_match_hand_computation(tmp_path):
     assert row["diff_mean"] == pytest.approx(d.mean())
     assert (row["diff_low"], row["diff_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
     assert row["verdict"] == "supports" and row["seeds"] == 3
-    markdown = tables.comparisons_markdown(diffs)
+    markdown = tables.frame_markdown(tables.comparisons_cells(diffs))
     assert "| easy − random | standard | 0.1 | pgd | robust | 3 | +21.7 |" in markdown
 
 

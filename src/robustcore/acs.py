@@ -101,8 +101,6 @@ from robustcore.data import Loader
 from robustcore.io import DivergedError, InputError
 from robustcore.probe import ProbeData, last_linear
 from robustcore.runtime import eval_mode
-from robustcore.scores.base import REGISTRY, ScoreInputs
-from robustcore.scores.sets import craig_weights, gradmatch_weights
 from robustcore.train import (
     REGIMES,
     Cost,
@@ -389,6 +387,11 @@ def select_batches(
     if mean_sq == 0.0:  # nothing to match: any batches are as good
         chosen = _cover(rng.permutation(n), sizes, target)
         return chosen, np.ones(len(chosen))
+    # Imported here: the score registry pulls in scipy, which every other training job would
+    # pay for at start-up (about 0.4 s) without using it.
+    from robustcore.scores.base import REGISTRY, ScoreInputs
+    from robustcore.scores.sets import craig_weights, gradmatch_weights
+
     probe = _batch_probe(grads, mean_sq)
     inputs = ScoreInputs(index=probe.index, labels=probe.labels, probe=probe)
     budget = min(n, -(-target // int(sizes.max())) + 1) / n  # enough greedy steps to cover

@@ -73,12 +73,13 @@ def write_study(
         tables.latex_wide(table, study, caption),
     )
     diffs = comparisons(study, runs)
+    shown = tables.comparisons_cells(diffs)
     write_table(
         out_dir / "tables" / "comparisons",
         diffs,
-        tables.comparisons_markdown(diffs),
-        tables.comparisons_latex(
-            diffs, _caption(study, "paired differences a − b over seeds with 95 % t intervals")
+        tables.frame_markdown(shown),
+        tables.frame_latex(
+            shown, _caption(study, "paired differences a − b over seeds with 95 % t intervals")
         ),
     )
     plots.plot_fraction(table, study, out_dir / "figures" / "accuracy_vs_fraction")

@@ -161,59 +161,32 @@ def _latex_cell(text: str) -> str:
     return _tex(text)
 
 
-def comparisons_markdown(frame: pd.DataFrame) -> str:
-    """Paired differences in percentage points with their 95 % intervals."""
-    header = (
-        "| a − b | regime | fraction | attack | metric | seeds | difference (pp) | 95 % CI (pp) "
-        "| claimed | verdict |"
-    )
-    lines = [header, "|---|---|---:|---|---|---:|---:|---|---|---|"]
+def comparisons_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """Paired differences as display text: percentage points with their 95 % intervals."""
+    rows = []
     for r in frame.itertuples():
-        ci = (
-            "n/a (needs ≥ 2 seeds)"
-            if math.isnan(r.diff_low)
-            else f"[{100 * r.diff_low:+.1f}, {100 * r.diff_high:+.1f}]"
+        missing = math.isnan(r.diff_mean)
+        rows.append(
+            {
+                "a − b": f"{r.a} − {r.b}",
+                "regime": r.regime,
+                "fraction": f"{r.fraction:g}",
+                "attack": r.attack,
+                "metric": r.metric,
+                "seeds": str(r.seeds),
+                "difference (pp)": "missing" if missing else f"{100 * r.diff_mean:+.1f}",
+                "95 % CI (pp)": (
+                    "n/a (needs ≥ 2 seeds)"
+                    if math.isnan(r.diff_low)
+                    else f"[{100 * r.diff_low:+.1f}, {100 * r.diff_high:+.1f}]"
+                ),
+                "claimed": "a > b" if r.expect == "greater" else "a < b",
+                "verdict": r.verdict,
+            }
         )
-        diff = "missing" if math.isnan(r.diff_mean) else f"{100 * r.diff_mean:+.1f}"
-        lines.append(
-            f"| {r.a} − {r.b} | {r.regime} | {r.fraction:g} | {r.attack} | {r.metric} | "
-            f"{r.seeds} | {diff} | {ci} | {'a > b' if r.expect == 'greater' else 'a < b'} | "
-            f"{r.verdict} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def comparisons_latex(frame: pd.DataFrame, caption: str) -> str:
-    """Paired differences as a LaTeX tabular."""
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\caption{" + _tex(caption) + "}",
-        r"\begin{tabular}{lllllrrll}",
-        r"\toprule",
-        r"$a - b$ & regime & fraction & attack & metric & seeds & diff.\ (pp) & 95\,\% CI & "
-        r"verdict \\",
-        r"\midrule",
-    ]
-    for r in frame.itertuples():
-        ci = (
-            "--"
-            if math.isnan(r.diff_low)
-            else (f"[{100 * r.diff_low:+.1f}, {100 * r.diff_high:+.1f}]")
-        )
-        diff = "--" if math.isnan(r.diff_mean) else f"{100 * r.diff_mean:+.1f}"
-        lines.append(
-            " & ".join(
-                _tex(str(v))
-                for v in (
-                    f"{r.a} − {r.b}", r.regime, f"{r.fraction:g}", r.attack, r.metric,
-                    r.seeds, diff, ci, r.verdict,
-                )
-            )
-            + r" \\"
-        )  # fmt: skip
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    columns = ["a − b", "regime", "fraction", "attack", "metric", "seeds", "difference (pp)",
+               "95 % CI (pp)", "claimed", "verdict"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
 
 
 def compute_table(table: pd.DataFrame, study: dict[str, Any]) -> pd.DataFrame:

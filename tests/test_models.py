@@ -83,3 +83,14 @@ def test_batch_coupling_detection():
     assert not models.has_batch_coupling(
         models.build(_spec("small_cnn", {"batch_norm": False}, [1, 8, 8], 10))
     )
+
+
+def test_equal_weights_save_to_equal_bytes(tmp_path):
+    """model.pt is byte-reproducible (a cluster run can be compared with a local one by bytes)."""
+    spec = {"arch": "mlp", "kwargs": {"hidden": [4]}, "in_shape": [4], "num_classes": 2,
+            "mean": [0.0], "std": [1.0]}  # fmt: skip
+    torch.manual_seed(0)
+    model = models.build(spec)
+    models.save(model, spec, tmp_path / "a")
+    models.save(model, spec, tmp_path / "b")
+    assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()

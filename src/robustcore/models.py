@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -161,8 +162,12 @@ def save(model: nn.Module, spec: dict[str, Any], out_dir: str | os.PathLike) -> 
     """Write model.pt (plain state_dict) and model.json atomically."""
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # Through a buffer: saved to a path, the zip archive is named after the (random) temporary
+    # file, and equal weights would give different bytes.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
     write_json(out_dir / "model.json", spec)
 
 

@@ -460,6 +460,36 @@ class AcsPlan:
         self.batches: list[np.ndarray] = []
         self.history: list[dict[str, Any]] = []
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the selection attacks' RNG, the partition, the history."""
+        return {
+            "attack_generator": self.attack_generator.get_state(),
+            "partitioned": self.candidates is not None,
+            "batches": [torch.from_numpy(np.asarray(b, dtype=np.int64)) for b in self.batches],
+            "history": [
+                {
+                    "epoch": int(h["epoch"]),
+                    "batches": torch.as_tensor(np.asarray(h["batches"])),
+                    "weights": torch.as_tensor(np.asarray(h["weights"], dtype=np.float64)),
+                    "samples": int(h["samples"]),
+                    "seconds": float(h["seconds"]),
+                }
+                for h in self.history
+            ],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from state_dict() of an interrupted run."""
+        self.attack_generator.set_state(state["attack_generator"])
+        if state["partitioned"]:
+            order = np.random.default_rng([self.seed, 0]).permutation(len(self.pool))
+            self.candidates = _like(self.loader, self.pool[order])
+        self.batches = [b.numpy() for b in state["batches"]]
+        self.history = [
+            {**h, "batches": h["batches"].numpy(), "weights": h["weights"].numpy()}
+            for h in state["history"]
+        ]
+
     def __call__(self, epoch: int) -> tuple[Loader, torch.Tensor | None] | None:
         """The coreset loader and weights at a selection epoch, else None (keep the last)."""
         p = self.params
@@ -497,14 +527,7 @@ class AcsPlan:
 
 def _like(loader: Loader, indices: np.ndarray) -> Loader:
     """A loader over `indices` of the same split, batch size, device and image size."""
-    return Loader(
-        loader.split,
-        loader.batch_size,
-        loader.device,
-        indices=indices,
-        num_workers=loader.num_workers,
-        image_size=loader.image_size,
-    )
+    return loader.subset(indices)
 
 
 @register_regime("acs", plan=AcsPlan, **DEFAULTS)

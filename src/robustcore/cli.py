@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from robustcore.checkpoint import PREEMPTED_EXIT, Preempted
 from robustcore.io import DivergedError, InputError
 
 
@@ -67,6 +68,7 @@ def _fresh_model(args: argparse.Namespace, device):
 def cmd_proxy(args: argparse.Namespace) -> None:
     """Train a proxy on the full training set and record per-sample dynamics every epoch."""
     from robustcore import data, models
+    from robustcore.checkpoint import clear as clear_checkpoints
     from robustcore.dynamics import train_proxy
     from robustcore.io import write_json
     from robustcore.probe import run_probe, save_probe
@@ -93,6 +95,7 @@ def cmd_proxy(args: argparse.Namespace) -> None:
     _write_log_csv(out / "log.csv", log)
     write_json(out / "cost.json", {**cost.as_dict(), "seed": args.seed, "training": args.training})
     models.save(model, spec, out)
+    clear_checkpoints(out / "checkpoint")
     print(f"proxy trained: final train acc {log[-1]['train_acc']:.4f} -> {out}")
 
 
@@ -248,6 +251,7 @@ def cmd_coreset(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     """Train a model on a coreset under a regime."""
     from robustcore import data, models
+    from robustcore.checkpoint import clear as clear_checkpoints
     from robustcore.io import read_parquet, write_json
     from robustcore.train import fit, regime_of
 
@@ -261,14 +265,26 @@ def cmd_train(args: argparse.Namespace) -> None:
     loader = data.Loader(
         train, args.regime["batch_size"], device, indices=kept, image_size=meta.get("image_size")
     )
-    log, cost = fit(model, loader, args.regime, generator=generator, desc="train")
     out = Path(args.out)
+    try:
+        log, cost = fit(
+            model,
+            loader,
+            args.regime,
+            generator=generator,
+            desc="train",
+            checkpoint_dir=out / "checkpoint",
+        )
+    except DivergedError:
+        clear_checkpoints(out / "checkpoint")  # a resumed run would diverge again
+        raise
     _write_log_csv(out / "log.csv", log)
     write_json(
         out / "cost.json",
         {**cost.as_dict(), "seed": args.seed, "n_train": len(kept), "regime": args.regime},
     )
     models.save(model, spec, out)
+    clear_checkpoints(out / "checkpoint")
     print(f"trained on {len(kept)} samples: final train acc {log[-1]['train_acc']:.4f} -> {out}")
 
 
@@ -418,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, DivergedError) as err:
         print(f"robustcore {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as err:
+        print(f"robustcore {args.command}: {err}", file=sys.stderr)
+        return PREEMPTED_EXIT
     return 0
 
 

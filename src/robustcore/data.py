@@ -498,6 +498,17 @@ class Loader:
         """Number of samples (not batches)."""
         return int(len(self.indices))
 
+    def subset(self, indices: np.ndarray) -> Loader:
+        """A loader over `indices` (rows of the split) with this one's batch size and device."""
+        return Loader(
+            self.split,
+            self.batch_size,
+            self.device,
+            indices=indices,
+            num_workers=self.num_workers,
+            image_size=self.image_size,
+        )
+
     @property
     def num_batches(self) -> int:
         """Number of batches per epoch (the last one may be partial)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcore.data import Loader, Split
-from robustcore.io import InputError, write_parquet
+from robustcore.io import DivergedError, InputError, write_parquet
 from robustcore.models import has_batch_coupling
 from robustcore.probe import last_linear
 from robustcore.runtime import eval_mode, frozen
@@ -139,7 +138,15 @@ def train_proxy(
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".dynamics.", dir=out_dir))
+    # A fixed name: an interrupted proxy resumes from its checkpoint with the epochs written so far.
+    staging = out_dir / ".dynamics.partial"
+    staging.mkdir(exist_ok=True)
+
+    def keep_epochs_up_to(done: int) -> None:
+        for path in staging.glob("*epoch*.parquet"):
+            if int(path.stem.rsplit("epoch", 1)[1]) > done:
+                path.unlink()
+
     loader = Loader(train, spec["batch_size"], device, image_size=image_size)
     eval_batch = spec.get("eval_batch_size", 4 * spec["batch_size"])
     eval_loader = Loader(train, eval_batch, device, image_size=image_size)
@@ -177,14 +184,19 @@ def train_proxy(
             after_epoch=after_epoch,
             cost=cost,
             desc="proxy",
+            checkpoint_dir=out_dir / "checkpoint",
+            on_resume=keep_epochs_up_to,
         )
-        # Publish the epoch files only once the whole run succeeded.
-        final = out_dir / "dynamics"
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+    except DivergedError:
+        # Resuming would diverge again: start the next attempt from scratch.
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
+        raise
     finally:
         head.close()
-        if staging.exists():
-            shutil.rmtree(staging)
+    # Publish the epoch files only once the whole run succeeded.
+    final = out_dir / "dynamics"
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
     return log, cost

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from robustcore import checkpoint
 from robustcore.data import Loader
 from robustcore.io import DivergedError, InputError
 from robustcore.runtime import show_progress
@@ -39,6 +43,23 @@ class Cost:
         self.forward[purpose] = self.forward.get(purpose, 0) + samples
         if backward:
             self.backward[purpose] = self.backward.get(purpose, 0) + samples
+
+    def state(self, running_seconds: float = 0.0) -> dict[str, Any]:
+        """Everything counted so far, for a checkpoint (wall time includes the running part)."""
+        return {
+            "forward": dict(self.forward),
+            "backward": dict(self.backward),
+            "samples_perturbed": self.samples_perturbed,
+            "attack_steps": self.attack_steps,
+            "wall_seconds": self.wall_seconds + running_seconds,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue counting from a checkpoint's state."""
+        self.forward, self.backward = dict(state["forward"]), dict(state["backward"])
+        self.samples_perturbed = int(state["samples_perturbed"])
+        self.attack_steps = int(state["attack_steps"])
+        self.wall_seconds = float(state["wall_seconds"])
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary, with totals."""
@@ -199,8 +220,16 @@ def fit(
     after_epoch: Callable[[int], dict[str, float] | None] | None = None,
     cost: Cost | None = None,
     desc: str = "train",
+    checkpoint_dir: str | os.PathLike | None = None,
+    on_resume: Callable[[int], None] | None = None,
 ) -> tuple[list[dict[str, float]], Cost]:
-    """Train in place under the spec's regime; return per-epoch log rows and the counted cost."""
+    """Train in place under the spec's regime; return per-epoch log rows and the counted cost.
+
+    With `checkpoint_dir`, the whole training state is saved after every epoch and a rerun
+    resumes from the newest intact checkpoint, ending bitwise where an uninterrupted run ends
+    (on CPU); SIGUSR1/SIGTERM stop the run after the current epoch with Preempted.
+    `on_resume(e)` is told the epoch the run continues after (0: from scratch).
+    """
     regime, spec = regime_of(spec)
     if record_step is not None and regime.name != "standard":
         raise InputError("per-step input-gradient capture needs the standard regime")
@@ -221,65 +250,166 @@ def fit(
     if spec.get("channels_last", False) and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     log: list[dict[str, float]] = []
+    full_loader, start_epoch = loader, 1
+    resumed = checkpoint.load(checkpoint_dir) if checkpoint_dir is not None else None
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        generator.set_state(resumed["generator"])
+        device_generator.set_state(resumed["device_generator"])
+        checkpoint.set_rng_state(resumed["rng"], device)
+        log = list(resumed["log"])
+        cost.restore(resumed["cost"])
+        if before_epoch is not None and hasattr(before_epoch, "load_state_dict"):
+            before_epoch.load_state_dict(resumed["plan"])
+        if resumed["subset"] is not None:
+            loader = full_loader.subset(resumed["subset"].numpy())
+            weights = None if resumed["weights"] is None else resumed["weights"].to(device)
+        start_epoch = int(resumed["epoch"]) + 1
+    if on_resume is not None:
+        on_resume(start_epoch - 1)
     started = time.perf_counter()
-    bar = tqdm(total=epochs * len(loader), desc=desc, unit="sample", disable=not show_progress())
-    for epoch in range(1, epochs + 1):
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct_sum = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        lr = optimizer.param_groups[0]["lr"]
-        plan = before_epoch(epoch) if before_epoch is not None else None
-        if plan is not None:
-            loader, weights = plan
-        for index, x, y in loader.epoch(shuffle=True, generator=generator):
-            x = augment(
-                x, augment_spec.get("crop_padding", 0), augment_spec.get("flip", False), generator
-            )
-            if record_step is not None:
-                x.requires_grad_(True)
-            ctx = StepContext(
-                spec=spec,
-                epoch=epoch,
-                generator=generator,
-                device_generator=device_generator,
-                cost=cost,
-                sample_weight=None if weights is None else weights[index.to(weights.device)],
-            )
-            model.train()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                result = regime.step(model, x, y, ctx)
-            optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
-            optimizer.step()
-            if record_step is not None:
-                # The mean loss scales each sample's input gradient by 1/B: undo it.
-                record_step(index, result.logits.float(), y, result.losses, x.grad * len(y))
-            loss_sum += result.losses.float().sum()
-            correct_sum += (result.logits.argmax(1) == y).sum()
-            seen += len(y)
-            bar.update(len(y))
-        scheduler.step()
-        mean_loss = float(loss_sum) / max(seen, 1)
-        if not math.isfinite(mean_loss):
-            raise DivergedError(
-                f"training diverged at epoch {epoch}: mean loss {mean_loss} (lr {lr}); "
-                "lower the learning rate or check the data"
-            )
-        row = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": mean_loss,
-            "train_acc": float(correct_sum) / max(seen, 1),
-            "seconds": time.perf_counter() - started,
-        }
-        if after_epoch is not None:
-            row.update(after_epoch(epoch) or {})
-        log.append(row)
-        bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{row['train_acc']:.3f}")
+    bar = tqdm(
+        total=(epochs - start_epoch + 1) * len(loader),
+        desc=desc,
+        unit="sample",
+        disable=not show_progress(),
+    )
+    loop = _Loop(
+        model, spec, regime, generator, device_generator, cost, optimizer, scheduler,
+        augment_spec, use_amp, record_step, before_epoch, after_epoch, log, started, bar,
+    )  # fmt: skip
+    stop = checkpoint.StopRequest() if checkpoint_dir is not None else contextlib.nullcontext()
+    with stop:
+        for epoch in range(start_epoch, epochs + 1):
+            loader, weights = loop.epoch(epoch, loader, weights)
+            if checkpoint_dir is not None:
+                checkpoint.save(
+                    checkpoint_dir,
+                    {
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "generator": generator.get_state(),
+                        "device_generator": device_generator.get_state(),
+                        "rng": checkpoint.rng_state(device),
+                        "log": log,
+                        "cost": cost.state(time.perf_counter() - started),
+                        "plan": (
+                            before_epoch.state_dict()
+                            if before_epoch is not None and hasattr(before_epoch, "state_dict")
+                            else None
+                        ),
+                        "subset": (
+                            None
+                            if loader is full_loader
+                            else torch.from_numpy(np.asarray(loader.indices, dtype=np.int64))
+                        ),
+                        "weights": None if weights is None else weights.detach().cpu(),
+                    },
+                )
+                if stop.received is not None and epoch < epochs:
+                    bar.close()
+                    raise checkpoint.Preempted(
+                        f"signal {stop.received} received: stopped after epoch {epoch} of "
+                        f"{epochs}, saved in {checkpoint_dir}; rerun to resume"
+                    )
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     cost.wall_seconds += time.perf_counter() - started
     model.eval()
     return log, cost
+
+
+@dataclass
+class _Loop:
+    """What one training epoch needs besides its loader and sample weights."""
+
+    model: nn.Module
+    spec: dict[str, Any]
+    regime: Regime
+    generator: torch.Generator
+    device_generator: torch.Generator
+    cost: Cost
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    augment_spec: dict[str, Any]
+    use_amp: bool
+    record_step: StepRecorder | None
+    before_epoch: EpochPlan | None
+    after_epoch: Callable[[int], dict[str, float] | None] | None
+    log: list[dict[str, float]]
+    started: float
+    bar: Any
+
+    def epoch(
+        self, epoch: int, loader: Loader, weights: torch.Tensor | None
+    ) -> tuple[Loader, torch.Tensor | None]:
+        """Train one epoch, append its log row; return the (possibly re-planned) loader."""
+        return _train_epoch(self, epoch, loader, weights)
+
+
+def _train_epoch(
+    run: _Loop, epoch: int, loader: Loader, weights: torch.Tensor | None
+) -> tuple[Loader, torch.Tensor | None]:
+    """One training epoch under `run` (see fit)."""
+    model, optimizer, generator, cost = run.model, run.optimizer, run.generator, run.cost
+    augment_spec, record_step, bar = run.augment_spec, run.record_step, run.bar
+    device = next(model.parameters()).device
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct_sum = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    lr = optimizer.param_groups[0]["lr"]
+    plan = run.before_epoch(epoch) if run.before_epoch is not None else None
+    if plan is not None:
+        loader, weights = plan
+    for index, x, y in loader.epoch(shuffle=True, generator=generator):
+        x = augment(
+            x, augment_spec.get("crop_padding", 0), augment_spec.get("flip", False), generator
+        )
+        if record_step is not None:
+            x.requires_grad_(True)
+        ctx = StepContext(
+            spec=run.spec,
+            epoch=epoch,
+            generator=generator,
+            device_generator=run.device_generator,
+            cost=cost,
+            sample_weight=None if weights is None else weights[index.to(weights.device)],
+        )
+        model.train()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_amp):
+            result = run.regime.step(model, x, y, ctx)
+        optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        optimizer.step()
+        if record_step is not None:
+            # The mean loss scales each sample's input gradient by 1/B: undo it.
+            record_step(index, result.logits.float(), y, result.losses, x.grad * len(y))
+        loss_sum += result.losses.float().sum()
+        correct_sum += (result.logits.argmax(1) == y).sum()
+        seen += len(y)
+        bar.update(len(y))
+    run.scheduler.step()
+    mean_loss = float(loss_sum) / max(seen, 1)
+    if not math.isfinite(mean_loss):
+        raise DivergedError(
+            f"training diverged at epoch {epoch}: mean loss {mean_loss} (lr {lr}); "
+            "lower the learning rate or check the data"
+        )
+    row = {
+        "epoch": epoch,
+        "lr": lr,
+        "train_loss": mean_loss,
+        "train_acc": float(correct_sum) / max(seen, 1),
+        "seconds": time.perf_counter() - run.started,
+    }
+    if run.after_epoch is not None:
+        row.update(run.after_epoch(epoch) or {})
+    run.log.append(row)
+    bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{row['train_acc']:.3f}")
+    return loader, weights

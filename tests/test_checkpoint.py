@@ -1,0 +1,221 @@
+"""Preemption-safe training: a killed or signalled run resumes and ends bitwise identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers import make_split, meta_for
+
+from robustcore import checkpoint, models
+from robustcore.dynamics import train_proxy
+from robustcore.io import write_parquet
+from robustcore.runtime import seed_everything
+from robustcore.train import fit
+
+REGIME = {"epochs": 40, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+          "schedule": "cosine", "augment": {"crop_padding": 1}}  # fmt: skip
+MODEL = {"arch": "mlp", "kwargs": {"hidden": [64]}}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """Prepared digits and a coreset of all its training samples."""
+    root = tmp_path_factory.mktemp("data")
+    subprocess.run(
+        [sys.executable, "-m", "robustcore", "prepare", "--params", '{"source": "digits"}',
+         "--out", str(root / "digits")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    write_parquet(
+        root / "all.parquet", pd.DataFrame({"index": np.arange(1347), "label": np.zeros(1347)})
+    )
+    return root
+
+
+def _train(digits: Path, out: Path, **popen) -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "robustcore", "train", "--data", str(digits / "digits"),
+        "--coreset", str(digits / "all.parquet"), "--model", json.dumps(MODEL),
+        "--regime", json.dumps(REGIME), "--seed", "3", "--threads", "1", "--out", str(out),
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    run = _train(digits, out)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    assert not (out / "checkpoint").exists(), "a finished run removes its checkpoints"
+    return out
+
+
+def _finish(digits: Path, out: Path) -> str:
+    run = _train(digits, out)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    return err
+
+
+def test_killed_run_resumes_bitwise_identical(digits, uninterrupted, tmp_path):
+    run = _train(digits, tmp_path)
+    _wait_for(tmp_path / "checkpoint" / "prev.pt", run)  # at least two epochs saved
+    run.send_signal(signal.SIGKILL)  # preemption without warning
+    run.wait()
+    assert not (tmp_path / "model.pt").exists()
+    epoch = checkpoint.load(tmp_path / "checkpoint")["epoch"]
+    assert 2 <= epoch < REGIME["epochs"]
+    err = _finish(digits, tmp_path)
+    assert f"(epoch {epoch})" in err and "resuming from" in err
+    assert (tmp_path / "model.pt").read_bytes() == (uninterrupted / "model.pt").read_bytes()
+    resumed, whole = pd.read_csv(tmp_path / "log.csv"), pd.read_csv(uninterrupted / "log.csv")
+    assert resumed["train_loss"].tolist() == whole["train_loss"].tolist()
+    cost, whole_cost = (
+        json.loads((d / "cost.json").read_text()) for d in (tmp_path, uninterrupted)
+    )
+    assert cost["forward_total"] == whole_cost["forward_total"] == REGIME["epochs"] * 1347
+
+
+def test_signal_saves_and_exits_then_resumes(digits, uninterrupted, tmp_path):
+    run = _train(digits, tmp_path)
+    _wait_for(tmp_path / "checkpoint" / "last.pt", run)
+    run.send_signal(signal.SIGUSR1)  # Slurm's --signal warning before the time limit
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == checkpoint.PREEMPTED_EXIT, err
+    assert "rerun to resume" in err and not (tmp_path / "model.pt").exists()
+    _finish(digits, tmp_path)
+    assert (tmp_path / "model.pt").read_bytes() == (uninterrupted / "model.pt").read_bytes()
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(digits, uninterrupted, tmp_path):
+    run = _train(digits, tmp_path)
+    _wait_for(tmp_path / "checkpoint" / "prev.pt", run)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    last = tmp_path / "checkpoint" / "last.pt"
+    previous = checkpoint.load(tmp_path / "checkpoint")["epoch"] - 1
+    last.write_bytes(last.read_bytes()[: len(last.read_bytes()) // 2])  # truncated
+    err = _finish(digits, tmp_path)
+    assert "last.pt: checksum mismatch" in err and f"prev.pt (epoch {previous})" in err
+    assert (tmp_path / "model.pt").read_bytes() == (uninterrupted / "model.pt").read_bytes()
+
+
+def test_no_intact_checkpoint_starts_from_scratch(tmp_path, capsys):
+    folder = tmp_path / "checkpoint"
+    checkpoint.save(folder, {"epoch": 1, "x": torch.ones(3)})
+    checkpoint.save(folder, {"epoch": 2, "x": torch.ones(3)})
+    assert checkpoint.load(folder)["epoch"] == 2
+    for name in ("last.pt", "prev.pt"):
+        data = bytearray((folder / name).read_bytes())
+        data[-5] ^= 0xFF  # one flipped byte: the file still unzips, the digest does not match
+        (folder / name).write_bytes(bytes(data))
+    assert checkpoint.load(folder) is None
+    assert "no intact checkpoint; starting from scratch" in capsys.readouterr().err
+
+
+def _stop_at(epoch: int):
+    """An after_epoch hook that sends this process SIGUSR1 at the end of `epoch`."""
+
+    def hook(current: int) -> None:
+        if current == epoch:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    return hook
+
+
+def test_acs_plan_state_survives_a_resume(tmp_path):
+    """ACS keeps a coreset between selections: a resume in between must restore it."""
+    split = make_split(96, classes=3)
+    spec = {"type": "acs", "epochs": 6, "batch_size": 16, "lr": 0.05, "momentum": 0.9,
+            "weight_decay": 0.0, "fraction": 0.5,
+            "freq": 2, "eps": 0.05, "steps": 1, "step_size": 0.05}  # fmt: skip
+    model_spec = models.model_spec("mlp", {"hidden": [16]}, meta_for(split, 3))
+    from robustcore.data import Loader
+
+    def run(folder, hook=None):
+        seed_everything(0)
+        model = models.build(model_spec)
+        loader = Loader(split, 16, torch.device("cpu"))
+        return model, fit(model, loader, spec, generator=seed_everything(1),
+                          checkpoint_dir=folder, after_epoch=hook)  # fmt: skip
+
+    whole, _ = run(tmp_path / "whole")
+    with pytest.raises(checkpoint.Preempted):
+        run(tmp_path / "cut", _stop_at(3))  # after the epoch-3 selection, before the next
+    resumed, (log, _) = run(tmp_path / "cut")
+    assert [row["epoch"] for row in log] == list(range(1, 7))
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_proxy_dynamics_resume_identical(tmp_path):
+    split = make_split(40)
+    spec = {"epochs": 4, "batch_size": 8, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
+            "capture": "eval"}  # fmt: skip
+    model_spec = models.model_spec("small_cnn", {"width": 8}, meta_for(split, 3))
+
+    def run(out, hook=None):
+        seed_everything(0)
+        model = models.build(model_spec)
+        if hook is not None:  # stop by signal after epoch 2
+            spec_hooked = {**spec}
+            with pytest.raises(checkpoint.Preempted):
+                _proxy(model, split, spec_hooked, out, hook)
+            return None
+        return _proxy(model, split, spec, out, None)
+
+    run(tmp_path / "whole")
+    run(tmp_path / "cut", _stop_at(2))
+    assert sorted(p.name for p in (tmp_path / "cut/.dynamics.partial").iterdir()) == [
+        "epoch001.parquet", "epoch002.parquet",
+    ]  # fmt: skip
+    run(tmp_path / "cut")
+    for epoch in range(1, 5):
+        name = f"dynamics/epoch{epoch:03d}.parquet"
+        assert pd.read_parquet(tmp_path / "cut" / name).equals(
+            pd.read_parquet(tmp_path / "whole" / name)
+        ), name
+
+
+def _proxy(model, split, spec, out, hook):
+    """train_proxy with an optional extra after-epoch hook (through fit's after_epoch)."""
+    import robustcore.dynamics as dynamics
+
+    if hook is None:
+        return train_proxy(model, split, spec, device=torch.device("cpu"),
+                           generator=seed_everything(1), out_dir=out)  # fmt: skip
+    original = dynamics.fit
+
+    def fit_with_hook(*args, after_epoch=None, **kwargs):
+        def both(epoch):
+            row = after_epoch(epoch) if after_epoch else None
+            hook(epoch)
+            return row
+
+        return original(*args, after_epoch=both, **kwargs)
+
+    dynamics.fit = fit_with_hook
+    try:
+        return train_proxy(model, split, spec, device=torch.device("cpu"),
+                           generator=seed_everything(1), out_dir=out)  # fmt: skip
+    finally:
+        dynamics.fit = original

@@ -219,3 +219,10 @@ def _proxy(model, split, spec, out, hook):
                            generator=seed_everything(1), out_dir=out)  # fmt: skip
     finally:
         dynamics.fit = original
+
+
+def test_model_json_records_where_it_trained(uninterrupted):
+    trained_on = json.loads((uninterrupted / "model.json").read_text())["trained_on"]
+    assert trained_on["device"] == "cpu" and trained_on["precision"] == "fp32"
+    assert trained_on["device_count"] == 1 and trained_on["threads"] == 1
+    assert models.load(uninterrupted).training is False, "model.json still loads"

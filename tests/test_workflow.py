@@ -270,11 +270,16 @@ def test_missing_data_root_is_named(tmp_path):
     config = yaml.safe_load(yaml.safe_dump(TINY))
     config["datasets"]["digits"] = {"source": "mnist"}
     config["data_root"] = str(tmp_path / "no-such-root")
-    result = snakemake(tmp_path, "-n", config=config)
+    result = snakemake(tmp_path, config=config)
     assert result.returncode != 0
     out = result.stdout + result.stderr
-    assert "datasets.digits: data root" in out and "no-such-root does not exist" in out
+    assert "config error: datasets.digits: data root" in out and "no-such-root does not" in out
     assert "MNIST/raw/" in out
+    assert not (tmp_path / "results").exists(), "stopped before any job"
+    # A dry run plans anyway (presets on a machine without the data), with the same warning.
+    plan = snakemake(tmp_path, "-n", config=config)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "warning: datasets.digits: data root" in plan.stdout + plan.stderr
 
 
 FIGURES = {

@@ -72,6 +72,7 @@ def cmd_proxy(args: argparse.Namespace) -> None:
     from robustcore.dynamics import train_proxy
     from robustcore.io import write_json
     from robustcore.probe import run_probe, save_probe
+    from robustcore.runtime import device_info
 
     device, generator = _setup(args)
     train, test = data.load(args.data)
@@ -94,7 +95,7 @@ def cmd_proxy(args: argparse.Namespace) -> None:
     cost.add("probe", len(train), backward=False)
     _write_log_csv(out / "log.csv", log)
     write_json(out / "cost.json", {**cost.as_dict(), "seed": args.seed, "training": args.training})
-    models.save(model, spec, out)
+    models.save(model, {**spec, "trained_on": device_info(device, args.training)}, out)
     clear_checkpoints(out / "checkpoint")
     print(f"proxy trained: final train acc {log[-1]['train_acc']:.4f} -> {out}")
 
@@ -253,6 +254,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from robustcore import data, models
     from robustcore.checkpoint import clear as clear_checkpoints
     from robustcore.io import read_parquet, write_json
+    from robustcore.runtime import device_info
     from robustcore.train import fit, regime_of
 
     regime_of(args.regime)  # an unknown regime fails before any data is read
@@ -283,7 +285,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         out / "cost.json",
         {**cost.as_dict(), "seed": args.seed, "n_train": len(kept), "regime": args.regime},
     )
-    models.save(model, spec, out)
+    models.save(model, {**spec, "trained_on": device_info(device, args.regime)}, out)
     clear_checkpoints(out / "checkpoint")
     print(f"trained on {len(kept)} samples: final train acc {log[-1]['train_acc']:.4f} -> {out}")
 

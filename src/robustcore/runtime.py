@@ -73,3 +73,22 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 def show_progress() -> bool:
     """Progress bars only when a human is watching a terminal."""
     return sys.stderr.isatty()
+
+
+def device_info(device: torch.device, spec: dict | None = None) -> dict:
+    """Where a run trained: device, its name and count, and the precision of its steps."""
+    spec = spec or {}
+    if device.type == "cuda":
+        name, count = torch.cuda.get_device_name(device), torch.cuda.device_count()
+    else:
+        import platform
+
+        name, count = platform.processor() or platform.machine(), 1
+    amp = bool(spec.get("amp", False)) and device.type == "cuda"
+    return {
+        "device": str(device),
+        "device_name": name,
+        "device_count": count,
+        "precision": "bf16 autocast" if amp else "fp32",
+        "threads": torch.get_num_threads(),
+    }

@@ -1,6 +1,7 @@
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -208,12 +209,17 @@ def check_config():
         if dataset["source"] in TORCHVISION_FILES:
             root = Path(dataset.get("root", config["data_root"])).resolve()
             if not root.is_dir():
-                raise ValueError(
-                    f"config error: datasets.{name}: data root {root} does not exist; create it "
+                problem = (
+                    f"datasets.{name}: data root {root} does not exist; create it "
                     f"and put {TORCHVISION_FILES[dataset['source']]} there (or set "
                     "download: true on a machine with internet), or set data_root / "
                     f"datasets.{name}.root"
                 )
+                # A dry run only plans (e.g. a preset on a login node without the data yet).
+                if workflow.output_settings is not None and workflow.output_settings.dryrun:
+                    print(f"warning: {problem}", file=sys.stderr)
+                else:
+                    raise ValueError(f"config error: {problem}")
 
 
 def check_figures(key, study):

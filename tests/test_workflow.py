@@ -434,3 +434,17 @@ def test_every_table_and_figure_of_a_study_then_a_failed_run_renders_missing(tmp
     assert html.returncode == 0, html.stderr[-3000:]
     page = (tmp_path / "report.html").read_text()
     assert "decision regions and boundary" in page, "figure captions are in the report"
+
+
+PRESET_JOBS = {"cifar10": 5100, "cifar100": 5100, "mnist": 184, "imagenet": 91}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_JOBS))
+def test_each_preset_dry_runs_without_its_data(tmp_path, preset):
+    """The presets plan here (no data), with the job count the README states."""
+    result = snakemake(tmp_path, "-n", "--configfile", str(REPO / "presets" / f"{preset}.yaml"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sum(planned_jobs(result).values()) == PRESET_JOBS[preset]
+    assert "warning: datasets." in result.stderr, "the missing data root is named"
+    assert f"| `{preset}.yaml` |" in (REPO / "README.md").read_text()
+    assert f"| {PRESET_JOBS[preset]:,} |" in (REPO / "README.md").read_text()

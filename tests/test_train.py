@@ -101,3 +101,56 @@ def test_regime_registry_matches_the_config_schema():
         assert set(properties) == set(regime.defaults), name
         for key, value in regime.defaults.items():
             assert properties[key].get("default") == pytest.approx(value), (name, key)
+
+
+def _precision_run(precision, split, arch="mlp", kwargs=None, record_grads=False, **extra):
+    """One epoch of fit on `split` at a precision; returns (model, recorded input-grad norms)."""
+    seed_everything(0)
+    model = models.build(models.model_spec(arch, kwargs or {"hidden": [32]}, meta_for(split, 3)))
+    spec = {"epochs": 1, "batch_size": 16, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
+            "precision": precision, **extra}  # fmt: skip
+    norms = {}
+
+    def record(index, logits, y, losses, input_grad):
+        for i, g in zip(index.tolist(), input_grad.flatten(1).norm(dim=1).tolist(), strict=True):
+            norms[i] = g
+
+    loader = data.Loader(split, 16, torch.device("cpu"))
+    fit(model, loader, spec, generator=seed_everything(1),
+        record_step=record if record_grads else None)  # fmt: skip
+    return model, norms
+
+
+def test_bf16_autocast_runs_on_cpu_and_changes_the_arithmetic():
+    split = make_split(64)
+    fp32, _ = _precision_run("fp32", split)
+    bf16, _ = _precision_run("bf16", split)
+    pairs = zip(fp32.state_dict().values(), bf16.state_dict().values(), strict=True)
+    assert not all(torch.equal(a, b) for a, b in pairs), "autocast had no effect"
+    for a, b in zip(fp32.state_dict().values(), bf16.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0.1, atol=0.05)
+
+
+def test_fp16_with_a_scaler_records_unscaled_input_gradients():
+    """train_step capture under fp16: the loss scaler's factor must not reach the dynamics."""
+    from robustcore.dynamics import per_sample_stats
+
+    split = make_split(48)
+    model, norms = _precision_run("fp16", split, record_grads=True, lr=0.0)
+    assert sorted(norms) == list(range(48))
+    seed_everything(0)
+    x = torch.as_tensor(split.images, dtype=torch.float32) / 255
+    reference = per_sample_stats(model, x, torch.as_tensor(split.labels))["input_grad"]
+    expected = reference.flatten(1).norm(dim=1)
+    got = torch.tensor([norms[i] for i in range(48)])
+    # fp16 arithmetic: a few per cent; a scaler left in would be off by 65,536.
+    torch.testing.assert_close(got, expected, rtol=0.05, atol=1e-4)
+
+
+def test_channels_last_gives_the_same_training():
+    split = make_split(48)
+    cnn = {"width": 8, "batch_norm": False}
+    plain, _ = _precision_run("fp32", split, arch="small_cnn", kwargs=cnn)
+    nhwc, _ = _precision_run("fp32", split, arch="small_cnn", kwargs=cnn, channels_last=True)
+    for a, b in zip(plain.state_dict().values(), nhwc.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

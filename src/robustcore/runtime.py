@@ -84,11 +84,14 @@ def device_info(device: torch.device, spec: dict | None = None) -> dict:
         import platform
 
         name, count = platform.processor() or platform.machine(), 1
-    amp = bool(spec.get("amp", False)) and device.type == "cuda"
+    from robustcore.train import precision_of
+
+    precision = precision_of(spec, device)
     return {
         "device": str(device),
         "device_name": name,
         "device_count": count,
-        "precision": "bf16 autocast" if amp else "fp32",
+        "precision": precision if precision == "fp32" else f"{precision} autocast",
+        "channels_last": bool(spec.get("channels_last", False)),
         "threads": torch.get_num_threads(),
     }

@@ -149,6 +149,23 @@ def standard_step(
     return StepResult(weighted_mean(losses, ctx.sample_weight), logits.detach(), losses.detach())
 
 
+AUTOCAST: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def precision_of(spec: dict[str, Any], device: torch.device) -> str:
+    """The step precision: `precision` if set, else bf16 for `amp: true` on CUDA, else fp32."""
+    precision = spec.get("precision")
+    if precision is None:
+        return "bf16" if spec.get("amp", False) and device.type == "cuda" else "fp32"
+    if precision not in AUTOCAST:
+        raise InputError(f"precision {precision!r} unknown; expected one of {list(AUTOCAST)}")
+    return precision
+
+
 def regime_of(spec: dict[str, Any]) -> tuple[Regime, dict[str, Any]]:
     """The regime a training entry names, and the entry with the regime's defaults filled in."""
     # The adversarial regimes register themselves on import (they build on this module).
@@ -246,8 +263,10 @@ def fit(
         before_epoch = regime.plan(model, loader, spec, generator, cost)
     optimizer, scheduler = make_optimizer(model, spec, epochs)
     augment_spec = spec.get("augment", {})
-    use_amp = bool(spec.get("amp", False)) and device.type == "cuda"
-    if spec.get("channels_last", False) and device.type == "cuda":
+    autocast_dtype = AUTOCAST[precision_of(spec, device)]
+    # fp16 needs loss scaling; bf16 has fp32's exponent range and does not.
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype is torch.float16 else None
+    if spec.get("channels_last", False):
         model.to(memory_format=torch.channels_last)
     log: list[dict[str, float]] = []
     full_loader, start_epoch = loader, 1
@@ -266,6 +285,8 @@ def fit(
         if resumed["subset"] is not None:
             loader = full_loader.subset(resumed["subset"].numpy())
             weights = None if resumed["weights"] is None else resumed["weights"].to(device)
+        if scaler is not None and resumed.get("scaler") is not None:
+            scaler.load_state_dict(resumed["scaler"])
         start_epoch = int(resumed["epoch"]) + 1
     if on_resume is not None:
         on_resume(start_epoch - 1)
@@ -278,7 +299,8 @@ def fit(
     )
     loop = _Loop(
         model, spec, regime, generator, device_generator, cost, optimizer, scheduler,
-        augment_spec, use_amp, record_step, before_epoch, after_epoch, log, started, bar,
+        augment_spec, autocast_dtype, scaler, record_step, before_epoch, after_epoch, log,
+        started, bar,
     )  # fmt: skip
     stop = checkpoint.StopRequest() if checkpoint_dir is not None else contextlib.nullcontext()
     with stop:
@@ -308,6 +330,7 @@ def fit(
                             else torch.from_numpy(np.asarray(loader.indices, dtype=np.int64))
                         ),
                         "weights": None if weights is None else weights.detach().cpu(),
+                        "scaler": None if scaler is None else scaler.state_dict(),
                     },
                 )
                 if stop.received is not None and epoch < epochs:
@@ -337,7 +360,8 @@ class _Loop:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     augment_spec: dict[str, Any]
-    use_amp: bool
+    autocast_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
     record_step: StepRecorder | None
     before_epoch: EpochPlan | None
     after_epoch: Callable[[int], dict[str, float] | None] | None
@@ -371,6 +395,8 @@ def _train_epoch(
         x = augment(
             x, augment_spec.get("crop_padding", 0), augment_spec.get("flip", False), generator
         )
+        if x.dim() == 4 and run.spec.get("channels_last", False):
+            x = x.contiguous(memory_format=torch.channels_last)
         if record_step is not None:
             x.requires_grad_(True)
         ctx = StepContext(
@@ -382,14 +408,22 @@ def _train_epoch(
             sample_weight=None if weights is None else weights[index.to(weights.device)],
         )
         model.train()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_amp):
+        dtype = run.autocast_dtype
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             result = run.regime.step(model, x, y, ctx)
         optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
-        optimizer.step()
+        # The mean loss scales each sample's input gradient by 1/B, a loss scaler by its scale.
+        grad_scale = float(len(y))
+        if run.scaler is not None:
+            grad_scale /= float(run.scaler.get_scale())
+            run.scaler.scale(result.loss).backward()
+            run.scaler.step(optimizer)
+            run.scaler.update()
+        else:
+            result.loss.backward()
+            optimizer.step()
         if record_step is not None:
-            # The mean loss scales each sample's input gradient by 1/B: undo it.
-            record_step(index, result.logits.float(), y, result.losses, x.grad * len(y))
+            record_step(index, result.logits.float(), y, result.losses, x.grad.float() * grad_scale)
         loss_sum += result.losses.float().sum()
         correct_sum += (result.logits.argmax(1) == y).sum()
         seen += len(y)

@@ -216,7 +216,10 @@ def check_config():
                     f"datasets.{name}.root"
                 )
                 # A dry run only plans (e.g. a preset on a login node without the data yet).
-                if workflow.output_settings is not None and workflow.output_settings.dryrun:
+                if (
+                    workflow.output_settings is not None
+                    and workflow.output_settings.dryrun
+                ):
                     print(f"warning: {problem}", file=sys.stderr)
                 else:
                     raise ValueError(f"config error: {problem}")

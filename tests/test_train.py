@@ -154,3 +154,19 @@ def test_channels_last_gives_the_same_training():
     nhwc, _ = _precision_run("fp32", split, arch="small_cnn", kwargs=cnn, channels_last=True)
     for a, b in zip(plain.state_dict().values(), nhwc.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_model_trains_like_the_eager_one():
+    """compile: true goes through torch.compile (backend eager: the path, not a compiler)."""
+    split = make_split(48)
+    plain, _ = _precision_run("fp32", split)
+    compiled, _ = _precision_run("fp32", split, compile=True, compile_backend="eager")
+    for a, b in zip(plain.state_dict().values(), compiled.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="compile: true is supported for the regimes"):
+        _precision_run("fp32", split, type="selective", compile=True)
+    from robustcore.train import compiled as compile_step_model
+
+    wrapped = compile_step_model(plain, {"compile": True, "compile_backend": "eager"}, "pgd")
+    assert wrapped is not plain and type(wrapped).__name__ == "OptimizedModule"
+    assert compile_step_model(plain, {}, "pgd") is plain

@@ -166,6 +166,21 @@ def precision_of(spec: dict[str, Any], device: torch.device) -> str:
     return precision
 
 
+# Regimes whose steps only call the model (no torch.func over its parameters, no plan state).
+COMPILABLE = ("standard", "pgd", "trades", "fgsm_rs")
+
+
+def compiled(model: nn.Module, spec: dict[str, Any], regime: str) -> nn.Module:
+    """`model`, or torch.compile(model) when the regime entry sets `compile: true`."""
+    if not spec.get("compile", False):
+        return model
+    if regime not in COMPILABLE:
+        raise InputError(
+            f"compile: true is supported for the regimes {list(COMPILABLE)}, not {regime!r}"
+        )
+    return torch.compile(model, backend=spec.get("compile_backend", "inductor"))
+
+
 def regime_of(spec: dict[str, Any]) -> tuple[Regime, dict[str, Any]]:
     """The regime a training entry names, and the entry with the regime's defaults filled in."""
     # The adversarial regimes register themselves on import (they build on this module).
@@ -268,6 +283,7 @@ def fit(
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype is torch.float16 else None
     if spec.get("channels_last", False):
         model.to(memory_format=torch.channels_last)
+    step_model = compiled(model, spec, regime.name)
     log: list[dict[str, float]] = []
     full_loader, start_epoch = loader, 1
     resumed = checkpoint.load(checkpoint_dir) if checkpoint_dir is not None else None
@@ -298,9 +314,9 @@ def fit(
         disable=not show_progress(),
     )
     loop = _Loop(
-        model, spec, regime, generator, device_generator, cost, optimizer, scheduler,
-        augment_spec, autocast_dtype, scaler, record_step, before_epoch, after_epoch, log,
-        started, bar,
+        model, step_model, spec, regime, generator, device_generator, cost, optimizer,
+        scheduler, augment_spec, autocast_dtype, scaler, record_step, before_epoch, after_epoch,
+        log, started, bar,
     )  # fmt: skip
     stop = checkpoint.StopRequest() if checkpoint_dir is not None else contextlib.nullcontext()
     with stop:
@@ -352,6 +368,7 @@ class _Loop:
     """What one training epoch needs besides its loader and sample weights."""
 
     model: nn.Module
+    step_model: nn.Module  # the model the regime's step calls (torch.compile'd when asked)
     spec: dict[str, Any]
     regime: Regime
     generator: torch.Generator
@@ -410,7 +427,7 @@ def _train_epoch(
         model.train()
         dtype = run.autocast_dtype
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            result = run.regime.step(model, x, y, ctx)
+            result = run.regime.step(run.step_model, x, y, ctx)
         optimizer.zero_grad(set_to_none=True)
         # The mean loss scales each sample's input gradient by 1/B, a loss scaler by its scale.
         grad_scale = float(len(y))

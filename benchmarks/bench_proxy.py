@@ -91,6 +91,8 @@ def main() -> None:
             "plain (no BN)": (*no_bn, None),
             "train_step capture (no BN)": (*no_bn, "train_step"),
         }
+        # One untimed epoch first: the first forward pays torch's lazy start-up.
+        seconds_per_epoch(split, meta, arch, kwargs, None, 1, device)
         seconds = {
             mode: seconds_per_epoch(split, meta, a, k, capture, args.epochs, device)
             for mode, (a, k, capture) in rows.items()

@@ -546,3 +546,38 @@ def test_batches_do_not_alias_the_store(tmp_path: Path) -> None:
     np.testing.assert_array_equal(train.images, images)
     assert torch.cat([i for i, _, _ in again]).tolist() == list(range(20))
     assert torch.equal(torch.cat([y for _, _, y in again]), torch.from_numpy(train.labels))
+
+
+def test_train_and_evaluate_stream_image_folders_with_workers(tmp_path: Path) -> None:
+    """`--workers` reaches the DataLoader of folder data; the result does not depend on it."""
+    import json
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    _image_tree(tmp_path / "tree")
+    data.prepare("imagefolder", tmp_path / "data", data_root=tmp_path / "tree", image_size=16)
+    pd.DataFrame({"index": range(6), "label": [0] * 6}).to_parquet(tmp_path / "all.parquet")
+    regime = {"epochs": 2, "batch_size": 4, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        train = subprocess.run(
+            [sys.executable, "-m", "robustcore", "train", "--data", str(tmp_path / "data"),
+             "--coreset", str(tmp_path / "all.parquet"), "--model",
+             json.dumps({"arch": "small_cnn", "kwargs": {"width": 4}}), "--regime",
+             json.dumps(regime), "--workers", str(workers), "--out", str(out)],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert train.returncode == 0, train.stderr
+        evaluate = subprocess.run(
+            [sys.executable, "-m", "robustcore", "evaluate", "--model", str(out), "--data",
+             str(tmp_path / "data"), "--attack", '{"type": "fgsm", "eps": 0.03, "hygiene": false}',
+             "--workers", str(workers), "--out", str(out / "fgsm.json")],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert evaluate.returncode == 0, evaluate.stderr
+    assert (tmp_path / "w0/model.pt").read_bytes() == (tmp_path / "w2/model.pt").read_bytes()
+    assert pd.read_parquet(tmp_path / "w0/fgsm.parquet").equals(
+        pd.read_parquet(tmp_path / "w2/fgsm.parquet")
+    )

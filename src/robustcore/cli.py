@@ -87,10 +87,13 @@ def cmd_proxy(args: argparse.Namespace) -> None:
         out_dir=args.out,
         image_size=size,
         test=test,
+        workers=args.workers,
     )
     out = Path(args.out)
     # The shared probe pass: penultimate features and logits of the final proxy.
-    probe_loader = data.Loader(train, 4 * args.training["batch_size"], device, image_size=size)
+    probe_loader = data.Loader(
+        train, 4 * args.training["batch_size"], device, image_size=size, num_workers=args.workers
+    )
     save_probe(out / "probe.npz", run_probe(model, probe_loader))
     cost.add("probe", len(train), backward=False)
     _write_log_csv(out / "log.csv", log)
@@ -265,7 +268,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise InputError(f"{args.coreset}: indices must lie in 0..{len(train) - 1}")
     meta, spec, model = _fresh_model(args, device)
     loader = data.Loader(
-        train, args.regime["batch_size"], device, indices=kept, image_size=meta.get("image_size")
+        train,
+        args.regime["batch_size"],
+        device,
+        indices=kept,
+        image_size=meta.get("image_size"),
+        num_workers=args.workers,
     )
     out = Path(args.out)
     try:
@@ -302,7 +310,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     model = models.load(args.model, device)
     _, test = data.load(args.data)
     image_size = data.load_meta(args.data).get("image_size")
-    loader = data.Loader(test, args.attack.get("batch_size", 256), device, image_size=image_size)
+    loader = data.Loader(
+        test,
+        args.attack.get("batch_size", 256),
+        device,
+        image_size=image_size,
+        num_workers=args.workers,
+    )
     summary, frame = evaluate(model, loader, args.attack, seed=args.seed)
     if args.cost:
         # The run's counted training compute travels with its accuracy, for the report.
@@ -351,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
         p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+        p.add_argument(
+            "--workers", type=int, default=0, help="DataLoader workers for image-folder data"
+        )
 
     p = add("prepare", cmd_prepare, "write a dataset's arrays and meta.json")
     p.add_argument("--params", type=_json_arg, required=True, help="dataset entry (JSON)")

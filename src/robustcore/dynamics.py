@@ -121,6 +121,7 @@ def train_proxy(
     out_dir: str | os.PathLike,
     image_size: int | None = None,
     test: Split | None = None,
+    workers: int = 0,
 ) -> tuple[list[dict[str, float]], Cost]:
     """Train the proxy on all training samples, writing dynamics/epochNNN.parquet each epoch.
 
@@ -147,11 +148,13 @@ def train_proxy(
             if int(path.stem.rsplit("epoch", 1)[1]) > done:
                 path.unlink()
 
-    loader = Loader(train, spec["batch_size"], device, image_size=image_size)
+    loader = Loader(train, spec["batch_size"], device, image_size=image_size, num_workers=workers)
     eval_batch = spec.get("eval_batch_size", 4 * spec["batch_size"])
-    eval_loader = Loader(train, eval_batch, device, image_size=image_size)
+    eval_loader = Loader(train, eval_batch, device, image_size=image_size, num_workers=workers)
     test_loader = (
-        Loader(test, eval_batch, device, image_size=image_size) if test is not None else None
+        Loader(test, eval_batch, device, image_size=image_size, num_workers=workers)
+        if test is not None
+        else None
     )
     cost = Cost(device=str(device))
     batches: list[dict[str, np.ndarray]] = []

@@ -17,7 +17,9 @@ rule evaluate_model:
         attack=lambda wc: as_json(config["attacks"][wc.attack]),
         tags=eval_tags,
         device=config["device"],
+        workers=config["workers"],
     shell:
         "python -m robustcore evaluate --model {input.model} --data results/data/{wildcards.dataset} "
         "--attack {params.attack:q} --tags {params.tags:q} --cost {input.cost} --seed {wildcards.seed} "
-        "--device {params.device:q} --threads {threads} --out {output.summary} > {log} 2>&1"
+        "--device {params.device:q} --threads {threads} --workers {params.workers} "
+        "--out {output.summary} > {log} 2>&1"

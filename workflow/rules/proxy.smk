@@ -19,10 +19,11 @@ rule train_proxy:
         model=lambda wc: as_json(config["models"][config["proxies"][wc.proxy]["model"]]),
         training=lambda wc: as_json(proxy_training(wc.proxy)),
         device=config["device"],
+        workers=config["workers"],
     shell:
         "python -m robustcore proxy --data results/data/{wildcards.dataset} --model {params.model:q} "
         "--training {params.training:q} --seed {wildcards.seed} --device {params.device:q} "
-        "--threads {threads} --out results/proxy/{wildcards.dataset}/{wildcards.proxy}/seed{wildcards.seed} "
+        "--threads {threads} --workers {params.workers} --out results/proxy/{wildcards.dataset}/{wildcards.proxy}/seed{wildcards.seed} "
         "> {log} 2>&1"
 
 

@@ -18,9 +18,10 @@ rule train_model:
         model=lambda wc: as_json(config["models"][wc.model]),
         regime=lambda wc: as_json(config["regimes"][wc.regime]),
         device=config["device"],
+        workers=config["workers"],
     shell:
         "python -m robustcore train --data results/data/{wildcards.dataset} --coreset {input.coreset} "
         "--model {params.model:q} --regime {params.regime:q} --seed {wildcards.seed} "
-        "--device {params.device:q} --threads {threads} "
+        "--device {params.device:q} --threads {threads} --workers {params.workers} "
         "--out results/runs/{wildcards.dataset}/{wildcards.model}/{wildcards.regime}/{wildcards.coreset}/seed{wildcards.seed} "
         "> {log} 2>&1"

@@ -133,20 +133,23 @@ def latex_wide(table: pd.DataFrame, study: dict[str, Any], caption: str) -> str:
             groups[-1] = (fraction, groups[-1][1] + 1)
         else:
             groups.append((fraction, 1))
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\caption{" + _tex(caption) + "}",
-        r"\begin{tabular}{ll" + "r" * len(cells.columns) + "}",
-        r"\toprule",
-        " & & " + " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_tex(f)}}}" for f, n in groups) + r" \\",
-        "regime & selection & " + " & ".join(_tex(m) for _, m in cells.columns) + r" \\",
-        r"\midrule",
+    header = [
+        " & & " + " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_tex(f)}}}" for f, n in groups),
+        "regime & selection & " + " & ".join(_tex(m) for _, m in cells.columns),
     ]
-    for (regime, selection), row in cells.iterrows():
-        # Cells already hold LaTeX marks: escape only their plain parts.
-        values = [_latex_cell(v) for v in row]
-        lines.append(" & ".join([_tex(regime), _tex(selection), *values]) + r" \\")
+    # Cells already hold LaTeX marks: escape only their plain parts.
+    body = [
+        " & ".join([_tex(regime), _tex(selection), *(_latex_cell(v) for v in row)])
+        for (regime, selection), row in cells.iterrows()
+    ]
+    return _latex_table(caption, "ll" + "r" * len(cells.columns), header, body)
+
+
+def _latex_table(caption: str, columns: str, header: list[str], body: list[str]) -> str:
+    """A booktabs table: caption, column spec, header rows and body rows (already LaTeX)."""
+    lines = [r"\begin{table}[t]", r"\centering", r"\caption{" + _tex(caption) + "}"]
+    lines += [r"\begin{tabular}{" + columns + "}", r"\toprule"]
+    lines += [row + r" \\" for row in header] + [r"\midrule"] + [row + r" \\" for row in body]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -242,18 +245,9 @@ def frame_markdown(frame: pd.DataFrame) -> str:
 
 def frame_latex(frame: pd.DataFrame, caption: str) -> str:
     """Any small frame as a LaTeX tabular."""
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\caption{" + _tex(caption) + "}",
-        r"\begin{tabular}{" + "l" * len(frame.columns) + "}",
-        r"\toprule",
-        " & ".join(_tex(c) for c in frame.columns) + r" \\",
-        r"\midrule",
+    header = [" & ".join(_tex(c) for c in frame.columns)]
+    body = [
+        " & ".join(_tex(f"{v:g}" if isinstance(v, float) else str(v)) for v in row)
+        for row in frame.itertuples(index=False)
     ]
-    for row in frame.itertuples(index=False):
-        lines.append(
-            " & ".join(_tex(f"{v:g}" if isinstance(v, float) else str(v)) for v in row) + r" \\"
-        )
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    return _latex_table(caption, "l" * len(frame.columns), header, body)

@@ -226,3 +226,20 @@ def test_model_json_records_where_it_trained(uninterrupted):
     assert trained_on["device"] == "cpu" and trained_on["precision"] == "fp32"
     assert trained_on["device_count"] == 1 and trained_on["threads"] == 1
     assert models.load(uninterrupted).training is False, "model.json still loads"
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(digits, uninterrupted, tmp_path):
+    """An interrupted run whose regime is then edited must start over, not resume."""
+    run = _train(digits, tmp_path)
+    _wait_for(tmp_path / "checkpoint" / "last.pt", run)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    global REGIME
+    saved, REGIME = REGIME, {**REGIME, "lr": 0.02}
+    try:
+        err = _finish(digits, tmp_path)
+    finally:
+        REGIME = saved
+    assert "written under other settings or samples; not resumed" in err
+    assert "resuming from" not in err
+    assert (tmp_path / "model.pt").read_bytes() != (uninterrupted / "model.pt").read_bytes()

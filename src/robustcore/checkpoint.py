@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from robustcore.io import atomic_path
@@ -63,8 +65,16 @@ def save(folder: str | os.PathLike, state: dict[str, Any]) -> None:
         tmp.write_bytes(encoded)
 
 
-def load(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """The newest intact checkpoint in `folder`, or None; every rejected file is reported."""
+def fingerprint(spec: dict[str, Any], epochs: int, indices: Any, shapes: dict) -> str:
+    """A digest of what a run trains under: its settings, epochs, samples and parameter shapes."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([spec, epochs, shapes], sort_keys=True, default=str).encode())
+    digest.update(memoryview(np.ascontiguousarray(indices, dtype=np.int64)).cast("B"))
+    return digest.hexdigest()
+
+
+def load(folder: str | os.PathLike, expected: str | None = None) -> dict[str, Any] | None:
+    """The newest intact checkpoint in `folder` written under `expected`, or None (reported)."""
     folder = Path(folder)
     for name in ("last.pt", "prev.pt"):
         path = folder / name
@@ -74,6 +84,13 @@ def load(folder: str | os.PathLike) -> dict[str, Any] | None:
             state = _decode(path)
         except Exception as err:  # any unreadable file is skipped, never trusted
             print(f"checkpoint {path}: {err}; trying an older one", file=sys.stderr)
+            continue
+        if expected is not None and state.get("fingerprint") != expected:
+            # E.g. the regime was edited after an interrupted run: its state is not this run's.
+            print(
+                f"checkpoint {path}: written under other settings or samples; not resumed",
+                file=sys.stderr,
+            )
             continue
         print(f"resuming from {path} (epoch {state['epoch']})", file=sys.stderr)
         return state

@@ -286,7 +286,14 @@ def fit(
     step_model = compiled(model, spec, regime.name)
     log: list[dict[str, float]] = []
     full_loader, start_epoch = loader, 1
-    resumed = checkpoint.load(checkpoint_dir) if checkpoint_dir is not None else None
+    # What a checkpoint must have been written under to be resumed: settings, samples, shapes.
+    fingerprint = checkpoint.fingerprint(
+        spec,
+        epochs,
+        np.asarray(loader.indices),
+        {k: tuple(v.shape) for k, v in model.state_dict().items()},
+    )
+    resumed = checkpoint.load(checkpoint_dir, fingerprint) if checkpoint_dir is not None else None
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -327,6 +334,7 @@ def fit(
                     checkpoint_dir,
                     {
                         "epoch": epoch,
+                        "fingerprint": fingerprint,
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),

@@ -21,15 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustcore.io import atomic_path
+from robustcore.io import PREEMPTED_EXIT, Preempted, atomic_path
 
 FORMAT = "robustcore-checkpoint-1"
-# Exit status of a job that saved its state and stopped early (EX_TEMPFAIL): rerun it to resume.
-PREEMPTED_EXIT = 75
-
-
-class Preempted(Exception):
-    """The job was asked to stop (SIGUSR1/SIGTERM); its last epoch is checkpointed."""
+__all__ = ["PREEMPTED_EXIT", "Preempted", "StopRequest", "clear", "fingerprint", "load", "save"]
 
 
 def _encode(state: dict[str, Any]) -> bytes:

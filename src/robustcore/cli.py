@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from robustcore.checkpoint import PREEMPTED_EXIT, Preempted
-from robustcore.io import DivergedError, InputError
+# Only what every subcommand needs: torch is imported by the subcommands that use it.
+from robustcore.io import PREEMPTED_EXIT, DivergedError, InputError, Preempted
 
 
 def _json_arg(text: str) -> dict[str, Any]:

@@ -23,6 +23,14 @@ class DivergedError(RuntimeError):
     """A run produced a non-finite loss."""
 
 
+# Exit status of a job that saved its state and stopped early (EX_TEMPFAIL): rerun it to resume.
+PREEMPTED_EXIT = 75
+
+
+class Preempted(Exception):
+    """The job was asked to stop (SIGUSR1/SIGTERM); its last epoch is checkpointed."""
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

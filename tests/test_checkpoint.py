@@ -247,6 +247,9 @@ def test_checkpoint_of_other_settings_is_not_resumed(digits, uninterrupted, tmp_
 
 def test_cpu_only_jobs_do_not_import_torch():
     """Coreset and report jobs start without torch (about 1 s each at this scale of jobs)."""
-    probe = "import sys, robustcore.cli, robustcore.select, robustcore.report; print('torch' in sys.modules)"
+    probe = (
+        "import sys, robustcore.cli, robustcore.select, robustcore.report; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -12,6 +12,7 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
+include: "workflow/rules/validate.smk"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/proxy.smk"

@@ -1,4 +1,4 @@
-"""Time the greedy set methods (robustcore.scores.sets) at CIFAR-10 size, per class and in total.
+"""Time the greedy set methods (robustcore.scores.greedy) at CIFAR-10 size, per class and in total.
 
 Run from the repository root (a few minutes to ~20 minutes on 2 CPU cores):
 
@@ -32,17 +32,15 @@ import numpy as np
 def _import():
     try:
         from robustcore.probe import ProbeData
-        from robustcore.scores import sets
-        from robustcore.scores.base import REGISTRY, ScoreInputs
+        from robustcore.scores import REGISTRY, ScoreInputs
     except ImportError:  # not installed: use the checkout's src/
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
         from robustcore.probe import ProbeData
-        from robustcore.scores import sets
-        from robustcore.scores.base import REGISTRY, ScoreInputs
-    return ProbeData, ScoreInputs, REGISTRY, sets
+        from robustcore.scores import REGISTRY, ScoreInputs
+    return ProbeData, ScoreInputs, REGISTRY
 
 
-ProbeData, ScoreInputs, REGISTRY, sets = _import()
+ProbeData, ScoreInputs, REGISTRY = _import()
 
 
 def synthetic(n: int, d: int, classes: int, head_classes: int | None = None, seed: int = 0):

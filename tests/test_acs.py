@@ -11,13 +11,15 @@ import torch.nn.functional as F
 from helpers import make_split, meta_for
 from torch import nn
 
-import robustcore.acs as acs
+import robustcore.regimes.acs as acs
 from robustcore import data, models
+from robustcore.cost import Cost
 from robustcore.io import InputError
 from robustcore.probe import last_linear, run_probe
-from robustcore.regimes import trades_attack
+from robustcore.regimes import REGIMES
+from robustcore.regimes.trades import trades_attack
 from robustcore.runtime import seed_everything
-from robustcore.train import REGIMES, Cost, fit
+from robustcore.train import fit
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from helpers import make_split, meta_for
 
 from robustcore import models
-from robustcore.dynamics import logit_margin, per_sample_stats, train_proxy
+from robustcore.dynamics import train_proxy
 from robustcore.io import InputError
+from robustcore.persample import logit_margin, per_sample_stats
 from robustcore.probe import last_linear
 from robustcore.runtime import seed_everything
 from robustcore.scores import REGISTRY, ScoreInputs, read_dynamics

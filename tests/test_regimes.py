@@ -14,18 +14,17 @@ from torch import nn
 
 from robustcore import data, models
 from robustcore.attacks import pgd
+from robustcore.cost import Cost
 from robustcore.io import InputError
-from robustcore.regimes import (
-    _weight_terms,
-    fgsm_rs_step,
-    gradmatch_similarity,
-    pgd_step,
-    select_subset,
-    selective_step,
-    trades_step,
-)
+from robustcore.regimes import REGIMES
+from robustcore.regimes.base import StepContext
+from robustcore.regimes.fgsm_rs import fgsm_rs_step
+from robustcore.regimes.grad_similarity import gradmatch_similarity, weight_terms
+from robustcore.regimes.pgd import pgd_step
+from robustcore.regimes.selective import select_subset, selective_step
+from robustcore.regimes.trades import trades_step
 from robustcore.runtime import seed_everything
-from robustcore.train import REGIMES, Cost, StepContext, fit
+from robustcore.train import fit
 
 TRAINING = {"epochs": 2, "batch_size": 16, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
 ATTACK = {"eps": 0.1, "steps": 3, "step_size": 0.04}
@@ -174,7 +173,7 @@ def test_weight_norm_identities_agree_with_materialised_gradients():
         per_sample = torch.einsum("btd,bte->bed", a, d)  # materialised, for the check only
         expected = per_sample.square().sum((1, 2)), (per_sample * g).sum((1, 2))
         for method in ("ghost", "direct", "auto"):
-            torch.testing.assert_close(_weight_terms(a, d, g, method), expected)
+            torch.testing.assert_close(weight_terms(a, d, g, method), expected)
 
 
 def test_gradmatch_names_an_unsupported_layer():

@@ -14,10 +14,13 @@ from scipy.special import softmax
 from scipy.stats import entropy as scipy_entropy
 from torch import nn
 
+import robustcore.scores.base as base
+import robustcore.scores.cal as cal
+import robustcore.scores.deepfool as deepfool
 import robustcore.scores.pointwise as pointwise
 from robustcore.data import Split
-from robustcore.dynamics import COLUMNS as DYNAMICS_COLUMNS
 from robustcore.io import InputError
+from robustcore.persample import DYNAMICS_COLUMNS
 from robustcore.probe import ProbeData
 from robustcore.scores.base import REGISTRY, ScoreInputs
 
@@ -247,8 +250,8 @@ def cal_reference(features, logits, labels, k, per_class):
 @pytest.mark.parametrize("blocks", [None, (7, 5)])
 def test_cal_matches_per_sample_reference(per_class, blocks, monkeypatch):
     if blocks:  # many small distance blocks: self-exclusion and top-k merge across blocks
-        monkeypatch.setattr(pointwise, "KNN_BLOCK_ROWS", blocks[0])
-        monkeypatch.setattr(pointwise, "KNN_BLOCK_COLS", blocks[1])
+        monkeypatch.setattr(cal, "KNN_BLOCK_ROWS", blocks[0])
+        monkeypatch.setattr(cal, "KNN_BLOCK_COLS", blocks[1])
     rng = np.random.default_rng(5)
     features = rng.normal(size=(45, 6)).astype(np.float32)
     logits = rng.normal(scale=2, size=(45, 4))
@@ -384,7 +387,7 @@ def test_deepfool_multiclass_linear_and_top_classes():
     got = run("deepfool", inputs, overshoot=0.0)["score"]
     np.testing.assert_allclose(got, np.array(expected_all) + 1e-4, rtol=1e-5)
     model = inputs.model.requires_grad_(False)
-    got2, flipped, _ = pointwise._deepfool_batch(
+    got2, flipped, _ = deepfool._deepfool_batch(
         model, torch.as_tensor(x, dtype=torch.float32), 50, 0.0, top_classes=2
     )
     assert flipped.all()
@@ -453,18 +456,20 @@ def test_deepfool_rejects_bad_params():
 
 # ---------------------------------------------------------------------------------------- style
 def test_no_per_sample_python_loops():
-    """Every loop in the module runs over blocks, epochs, classes, batches or iterations."""
+    """Every loop in the modules runs over blocks, epochs, classes, batches or iterations."""
     allowed = {
-        "range(0, n, size)": "row blocks (_blocks)",
+        "range(0, n, size)": "row blocks (base.blocks)",
         "window": "epochs of the window",
         "groups.values()": "classes (cal)",
         "loader.epoch(shuffle=False)": "batches (deepfool)",
         "range(1, max_iter + 1)": "DeepFool iterations",
         "range(n_cand)": "candidate classes (one backward each)",
     }
-    tree = ast.parse(inspect.getsource(pointwise))
-    loops = [n.iter for n in ast.walk(tree) if isinstance(n, (ast.For, ast.comprehension))]
-    found = {ast.unparse(it) for it in loops}
-    blocked = {f for f in found if f.startswith("_blocks(")}
-    assert found - blocked <= set(allowed), found - blocked - set(allowed)
-    assert not [n for n in ast.walk(tree) if isinstance(n, ast.While)]
+    sources = [inspect.getsource(m) for m in (pointwise, cal, deepfool)]
+    for source in [*sources, inspect.getsource(base.blocks)]:
+        tree = ast.parse(source)
+        loops = [n.iter for n in ast.walk(tree) if isinstance(n, (ast.For, ast.comprehension))]
+        found = {ast.unparse(it) for it in loops}
+        blocked = {f for f in found if f.startswith("blocks(")}
+        assert found - blocked <= set(allowed), found - blocked - set(allowed)
+        assert not [n for n in ast.walk(tree) if isinstance(n, ast.While)]

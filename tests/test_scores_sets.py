@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls as scipy_nnls
 
-import robustcore.scores.sets as sets
+import robustcore.scores.greedy as greedy
 from robustcore.io import InputError
 from robustcore.probe import ProbeData
 from robustcore.scores.base import REGISTRY, ScoreInputs
+from robustcore.scores.craig import craig_weights
+from robustcore.scores.gradmatch import gradmatch_weights
 from robustcore.select import greedy_select
 
 METHODS = [
@@ -174,8 +176,8 @@ def test_rows_on_demand_match_the_precomputed_matrix(name, monkeypatch):
     """Groups above DENSE_LIMIT compute pairwise rows on demand; the order must not change."""
     inputs = make_inputs(seed=8)
     dense = run(name, inputs)["score"].to_numpy()
-    monkeypatch.setattr(sets, "DENSE_LIMIT", 0)
-    monkeypatch.setattr(sets, "CHUNK_ELEMENTS", 7)  # many small blocks
+    monkeypatch.setattr(greedy, "DENSE_LIMIT", 0)
+    monkeypatch.setattr(greedy, "CHUNK_ELEMENTS", 7)  # many small blocks
     assert np.array_equal(dense, run(name, inputs)["score"].to_numpy())
 
 
@@ -373,7 +375,7 @@ def test_craig_weights_count_nearest_medoids():
     inputs = make_inputs(seed=20)
     g = gradients(inputs)
     chosen = np.array([0, 3, 5, 8, 12, 17])
-    weights = sets.craig_weights(inputs.probe, chosen)
+    weights = craig_weights(inputs.probe, chosen)
     expected = np.zeros(len(chosen))
     for i in range(len(g)):
         mine = [k for k, j in enumerate(chosen) if inputs.labels[j] == inputs.labels[i]]
@@ -418,7 +420,7 @@ def test_gradmatch_weights_match_reference_fit():
     g = gradients(inputs)
     chosen = np.array([1, 2, 6, 9, 14, 20])
     for nnls in (True, False):
-        weights = sets.gradmatch_weights(inputs.probe, chosen, lam=0.5, nnls=nnls)
+        weights = gradmatch_weights(inputs.probe, chosen, lam=0.5, nnls=nnls)
         for c in (0, 1):
             mine = np.flatnonzero(inputs.labels[chosen] == c)
             a, b = g[chosen[mine]].T, g[inputs.labels == c].sum(axis=0)

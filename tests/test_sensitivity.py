@@ -14,6 +14,7 @@ from torch import nn
 
 import robustcore.scores.sensitivity  # noqa: F401  (registers isef, fgsm_cs, pss)
 from robustcore import data
+from robustcore.cost import Cost
 from robustcore.io import InputError
 from robustcore.scores.base import REGISTRY, ScoreInputs
 from robustcore.sensitivity import (
@@ -22,7 +23,6 @@ from robustcore.sensitivity import (
     sparse_fgsm,
     write_sensitivity,
 )
-from robustcore.train import Cost
 
 C, H, W = 3, 5, 5
 EPS = 0.05

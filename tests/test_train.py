@@ -77,6 +77,18 @@ def test_diverged_run_stops_with_a_message():
         _train(0, make_split(32), {**TRAINING, "lr": 1e12, "momentum": 0.0})
 
 
+def test_input_gradient_capture_refuses_a_regime_that_trains_on_other_inputs():
+    """Only a regime whose loss is the clean batch's yields each sample's own input gradient."""
+    from robustcore.io import InputError
+
+    split = make_split(16)
+    model = models.build(models.model_spec("mlp", {"hidden": [8]}, meta_for(split, 3)))
+    spec = {**TRAINING, "type": "pgd", "eps": 0.1, "steps": 1, "step_size": 0.1}
+    with pytest.raises(InputError, match="input-gradient capture .* not 'pgd'"):
+        fit(model, data.Loader(split, 8), spec, generator=seed_everything(0),
+            record_step=lambda *args: None)  # fmt: skip
+
+
 def test_adam_is_selectable():
     model, log, _ = _train(0, make_split(32), {**TRAINING, "optimizer": "adam", "lr": 0.01})
     assert all(r["train_loss"] == r["train_loss"] for r in log)  # finite, not NaN
@@ -88,9 +100,8 @@ def test_regime_registry_matches_the_config_schema():
 
     import yaml
 
-    from robustcore.train import REGIMES, regime_of
+    from robustcore.regimes import REGIMES
 
-    regime_of({})  # registers the adversarial regimes
     schema = yaml.safe_load(
         (Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text()
     )
@@ -133,7 +144,7 @@ def test_bf16_autocast_runs_on_cpu_and_changes_the_arithmetic():
 
 def test_fp16_with_a_scaler_records_unscaled_input_gradients():
     """train_step capture under fp16: the loss scaler's factor must not reach the dynamics."""
-    from robustcore.dynamics import per_sample_stats
+    from robustcore.persample import per_sample_stats
 
     split = make_split(48)
     model, norms = _precision_run("fp16", split, record_grads=True, lr=0.0)
@@ -165,8 +176,10 @@ def test_compiled_model_trains_like_the_eager_one():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="compile: true is supported for the regimes"):
         _precision_run("fp32", split, type="selective", compile=True)
+    from robustcore.regimes import REGIMES
     from robustcore.train import compiled as compile_step_model
 
-    wrapped = compile_step_model(plain, {"compile": True, "compile_backend": "eager"}, "pgd")
+    pgd = REGIMES["pgd"]
+    wrapped = compile_step_model(plain, {"compile": True, "compile_backend": "eager"}, pgd)
     assert wrapped is not plain and type(wrapped).__name__ == "OptimizedModule"
-    assert compile_step_model(plain, {}, "pgd") is plain
+    assert compile_step_model(plain, {}, pgd) is plain

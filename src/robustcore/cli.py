@@ -257,8 +257,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from robustcore import data, models
     from robustcore.checkpoint import clear as clear_checkpoints
     from robustcore.io import read_parquet, write_json
+    from robustcore.regimes import regime_of
     from robustcore.runtime import device_info
-    from robustcore.train import fit, regime_of
+    from robustcore.train import fit
 
     regime_of(args.regime)  # an unknown regime fails before any data is read
     device, generator = _setup(args)

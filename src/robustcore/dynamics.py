@@ -10,27 +10,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from robustcore.cost import Cost
 from robustcore.data import Loader, Split
 from robustcore.io import DivergedError, InputError, write_parquet
 from robustcore.models import has_batch_coupling
+from robustcore.persample import DYNAMICS_COLUMNS, dynamics_rows, per_sample_stats
 from robustcore.probe import last_linear
-from robustcore.runtime import eval_mode, frozen
-from robustcore.train import Cost, fit
+from robustcore.train import fit
 
 CAPTURES = ("eval", "train_step")
-COLUMNS = [
-    "index",
-    "label",
-    "loss",
-    "correct",
-    "margin",
-    "input_grad_norm",
-    "el2n",
-    "grad_norm_last",
-]
 
 
 class HeadInputs:
@@ -48,66 +38,19 @@ class HeadInputs:
         self._handle.remove()
 
 
-def logit_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """True-class logit minus the largest other logit (negative when misclassified)."""
-    true_logit = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return true_logit - others.max(dim=1).values
-
-
-def _rows(
-    index: torch.Tensor,
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    losses: torch.Tensor,
-    input_grad: torch.Tensor,
-    features: torch.Tensor,
-) -> dict[str, np.ndarray]:
-    """One batch of dynamics rows as NumPy columns.
-
-    el2n = ‖softmax − onehot‖₂ (Paul et al.); grad_norm_last = the norm of the loss gradient
-    with respect to the classifier head (W, b), ‖p − y‖·‖[h, 1]‖ for head input h.
-    """
-    residual = logits.float().softmax(1) - F.one_hot(y, logits.shape[1]).float()
-    el2n = residual.norm(dim=1)
-    feature_norm = (features.flatten(1).float().pow(2).sum(1) + 1).sqrt()
-    return {
-        "index": index.cpu().numpy().astype(np.int64),
-        "label": y.cpu().numpy().astype(np.int64),
-        "loss": losses.float().cpu().numpy(),
-        "correct": (logits.argmax(1) == y).cpu().numpy(),
-        "margin": logit_margin(logits, y).float().cpu().numpy(),
-        "input_grad_norm": input_grad.flatten(1).norm(dim=1).float().cpu().numpy(),
-        "el2n": el2n.cpu().numpy(),
-        "grad_norm_last": (el2n * feature_norm).cpu().numpy(),
-    }
-
-
-def per_sample_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each sample's own loss, logits and input gradient: eval mode, no weight gradients."""
-    with eval_mode(model), frozen(model):
-        x = x.detach().requires_grad_(True)
-        logits = model(x)
-        losses = F.cross_entropy(logits, y, reduction="none")
-        # In eval mode samples do not interact, so the gradient of the sum is each sample's own.
-        (input_grad,) = torch.autograd.grad(losses.sum(), x)
-    return {"logits": logits.detach(), "losses": losses.detach(), "input_grad": input_grad}
-
-
 def capture_epoch(model: nn.Module, loader: Loader, head: HeadInputs) -> pd.DataFrame:
     """An eval-mode pass over the (unaugmented) training set: one dynamics row per sample."""
     parts = []
     for index, x, y in loader.epoch(shuffle=False):
         stats = per_sample_stats(model, x, y)
-        parts.append(
-            _rows(index, stats["logits"], y, stats["losses"], stats["input_grad"], head.latest)
-        )
+        logits, losses, input_grad = stats["logits"], stats["losses"], stats["input_grad"]
+        parts.append(dynamics_rows(index, logits, y, losses, input_grad, head.latest))
     return _frame(parts)
 
 
 def _frame(parts: list[dict[str, np.ndarray]]) -> pd.DataFrame:
     """Concatenate batch columns into a frame sorted by sample index."""
-    frame = pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in COLUMNS})
+    frame = pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in DYNAMICS_COLUMNS})
     return frame.sort_values("index", kind="stable").reset_index(drop=True)
 
 
@@ -160,7 +103,7 @@ def train_proxy(
     batches: list[dict[str, np.ndarray]] = []
 
     def record_step(index, logits, y, losses, input_grad) -> None:
-        batches.append(_rows(index, logits, y, losses, input_grad, head.latest))
+        batches.append(dynamics_rows(index, logits, y, losses, input_grad, head.latest))
 
     def after_epoch(epoch: int) -> dict[str, float]:
         if capture == "eval":

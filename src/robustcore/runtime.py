@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from robustcore.io import InputError
+from robustcore.precision import precision_of
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -84,8 +85,6 @@ def device_info(device: torch.device, spec: dict | None = None) -> dict:
         import platform
 
         name, count = platform.processor() or platform.machine(), 1
-    from robustcore.train import precision_of
-
     precision = precision_of(spec, device)
     return {
         "device": str(device),

@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from robustcore.cost import Cost
 from robustcore.data import Loader
-from robustcore.dynamics import per_sample_stats
 from robustcore.io import InputError, read_parquet, write_parquet
+from robustcore.persample import per_sample_stats
 from robustcore.runtime import eval_mode, frozen
-from robustcore.train import Cost
 
 MODES = ("pixel", "element")
 KEY_COLUMNS = ["index", "label", "k", "pred"]

@@ -1,4 +1,4 @@
-"""Training loop and regimes: SGD with momentum, cosine schedule, on-device augmentation."""
+"""The training loop: a regime's step per minibatch, SGD or Adam, on-device augmentation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,8 +17,12 @@ from torch import nn
 from tqdm import tqdm
 
 from robustcore import checkpoint
+from robustcore.cost import Cost
 from robustcore.data import Loader
 from robustcore.io import DivergedError, InputError
+from robustcore.precision import AUTOCAST, precision_of
+from robustcore.regimes import REGIMES, Regime, regime_of
+from robustcore.regimes.base import EpochPlan, StepContext
 from robustcore.runtime import show_progress
 
 # Called after each step with (index, logits, labels, per-sample losses, per-sample input grads).
@@ -27,171 +31,16 @@ StepRecorder = Callable[
 ]
 
 
-@dataclass
-class Cost:
-    """Work counted by the loop that does it: sample-passes per purpose, wall time, device."""
-
-    forward: dict[str, int] = field(default_factory=dict)
-    backward: dict[str, int] = field(default_factory=dict)
-    samples_perturbed: int = 0
-    attack_steps: int = 0
-    wall_seconds: float = 0.0
-    device: str = "cpu"
-
-    def add(self, purpose: str, samples: int, backward: bool = True) -> None:
-        """Count one forward (and backward) pass over `samples` samples for `purpose`."""
-        self.forward[purpose] = self.forward.get(purpose, 0) + samples
-        if backward:
-            self.backward[purpose] = self.backward.get(purpose, 0) + samples
-
-    def state(self, running_seconds: float = 0.0) -> dict[str, Any]:
-        """Everything counted so far, for a checkpoint (wall time includes the running part)."""
-        return {
-            "forward": dict(self.forward),
-            "backward": dict(self.backward),
-            "samples_perturbed": self.samples_perturbed,
-            "attack_steps": self.attack_steps,
-            "wall_seconds": self.wall_seconds + running_seconds,
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue counting from a checkpoint's state."""
-        self.forward, self.backward = dict(state["forward"]), dict(state["backward"])
-        self.samples_perturbed = int(state["samples_perturbed"])
-        self.attack_steps = int(state["attack_steps"])
-        self.wall_seconds = float(state["wall_seconds"])
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready summary, with totals."""
-        return {
-            "forward_samples": dict(self.forward),
-            "backward_samples": dict(self.backward),
-            "forward_total": sum(self.forward.values()),
-            "backward_total": sum(self.backward.values()),
-            "samples_perturbed": self.samples_perturbed,
-            "attack_steps": self.attack_steps,
-            "wall_seconds": round(self.wall_seconds, 3),
-            "device": self.device,
-        }
-
-
-@dataclass
-class StepContext:
-    """What a regime's step may use besides the model and the batch."""
-
-    spec: dict[str, Any]  # the regime entry, the regime's defaults filled in
-    epoch: int  # 1-based
-    generator: torch.Generator  # CPU: data order, augmentation, subset choices
-    device_generator: torch.Generator  # on the model's device: random starts
-    cost: Cost  # count every forward/backward the step does
-    sample_weight: torch.Tensor | None = None  # per-sample loss weights of the batch (ACS)
-
-
-@dataclass
-class StepResult:
-    """A step's training loss and the clean view of the batch for the epoch log."""
-
-    loss: torch.Tensor  # scalar; fit backpropagates it and steps the optimizer
-    logits: torch.Tensor  # detached logits of the (clean) batch, for train accuracy
-    losses: torch.Tensor  # detached per-sample training losses, for the logged mean
-
-
-Step = Callable[[nn.Module, torch.Tensor, torch.Tensor, StepContext], StepResult]
-
-
-# Called before each epoch; may return the loader for that epoch and per-sample weights (indexed
-# by sample row), e.g. a coreset re-selected during training.
-EpochPlan = Callable[[int], "tuple[Loader, torch.Tensor | None] | None"]
-# Builds a regime's EpochPlan: (model, the loader of all training samples, spec, generator, cost).
-PlanFactory = Callable[[nn.Module, Loader, dict[str, Any], torch.Generator, "Cost"], EpochPlan]
-
-
-@dataclass(frozen=True)
-class Regime:
-    """A registered training regime: its step, its own parameters' defaults, an epoch plan."""
-
-    name: str
-    step: Step
-    defaults: dict[str, Any]
-    plan: PlanFactory | None = None
-
-
-REGIMES: dict[str, Regime] = {}
-
-
-def register_regime(
-    name: str, *, plan: PlanFactory | None = None, **defaults: Any
-) -> Callable[[Step], Step]:
-    """Decorator adding a step function `f(model, x, y, ctx) -> StepResult` to REGIMES."""
-
-    def decorate(step: Step) -> Step:
-        REGIMES[name] = Regime(name, step, dict(defaults), plan)
-        return step
-
-    return decorate
-
-
-def weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """Mean of per-sample losses, weighted when the regime trains on a weighted subset."""
-    if weight is None:
-        return losses.mean()
-    return (losses * weight).sum() / weight.sum().clamp_min(1e-12)
-
-
-@register_regime("standard")
-def standard_step(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext
-) -> StepResult:
-    """Cross-entropy on the clean batch."""
-    logits = model(x)
-    losses = F.cross_entropy(logits.float(), y, reduction="none")
-    ctx.cost.add("update", len(y))
-    return StepResult(weighted_mean(losses, ctx.sample_weight), logits.detach(), losses.detach())
-
-
-AUTOCAST: dict[str, torch.dtype | None] = {
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
-
-
-def precision_of(spec: dict[str, Any], device: torch.device) -> str:
-    """The step precision: `precision` if set, else bf16 for `amp: true` on CUDA, else fp32."""
-    precision = spec.get("precision")
-    if precision is None:
-        return "bf16" if spec.get("amp", False) and device.type == "cuda" else "fp32"
-    if precision not in AUTOCAST:
-        raise InputError(f"precision {precision!r} unknown; expected one of {list(AUTOCAST)}")
-    return precision
-
-
-# Regimes whose steps only call the model (no torch.func over its parameters, no plan state).
-COMPILABLE = ("standard", "pgd", "trades", "fgsm_rs")
-
-
-def compiled(model: nn.Module, spec: dict[str, Any], regime: str) -> nn.Module:
+def compiled(model: nn.Module, spec: dict[str, Any], regime: Regime) -> nn.Module:
     """`model`, or torch.compile(model) when the regime entry sets `compile: true`."""
     if not spec.get("compile", False):
         return model
-    if regime not in COMPILABLE:
+    if not regime.compilable:
+        compilable = [name for name, entry in REGIMES.items() if entry.compilable]
         raise InputError(
-            f"compile: true is supported for the regimes {list(COMPILABLE)}, not {regime!r}"
+            f"compile: true is supported for the regimes {compilable}, not {regime.name!r}"
         )
     return torch.compile(model, backend=spec.get("compile_backend", "inductor"))
-
-
-def regime_of(spec: dict[str, Any]) -> tuple[Regime, dict[str, Any]]:
-    """The regime a training entry names, and the entry with the regime's defaults filled in."""
-    # The adversarial regimes register themselves on import (they build on this module).
-    import robustcore.acs  # noqa: F401
-    import robustcore.regimes  # noqa: F401
-
-    name = spec.get("type", "standard")
-    if name not in REGIMES:
-        raise InputError(f"regime type {name!r} unknown; expected one of {sorted(REGIMES)}")
-    regime = REGIMES[name]
-    return regime, {**regime.defaults, **spec}
 
 
 def augment(
@@ -263,8 +112,11 @@ def fit(
     `on_resume(e)` is told the epoch the run continues after (0: from scratch).
     """
     regime, spec = regime_of(spec)
-    if record_step is not None and regime.name != "standard":
-        raise InputError("per-step input-gradient capture needs the standard regime")
+    if record_step is not None and not regime.clean_input_grads:
+        raise InputError(
+            f"per-step input-gradient capture needs a regime whose loss is the clean batch's "
+            f"(standard), not {regime.name!r}"
+        )
     epochs = spec["epochs"] if epochs is None else epochs
     device = next(model.parameters()).device
     cost = cost or Cost(device=str(device))
@@ -283,7 +135,7 @@ def fit(
     scaler = torch.amp.GradScaler(device.type) if autocast_dtype is torch.float16 else None
     if spec.get("channels_last", False):
         model.to(memory_format=torch.channels_last)
-    step_model = compiled(model, spec, regime.name)
+    step_model = compiled(model, spec, regime)
     log: list[dict[str, float]] = []
     full_loader, start_epoch = loader, 1
     # What a checkpoint must have been written under to be resumed: settings, samples, shapes.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,3 +103,47 @@ def frame(inputs: ScoreInputs, score: np.ndarray, **components: np.ndarray) -> p
 def per_class_rows(labels: np.ndarray) -> dict[int, np.ndarray]:
     """Row positions of each class, for methods that work per class."""
     return {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers of the per-sample methods (pointwise, cal, deepfool)
+
+
+def need(inputs: ScoreInputs, what: str, method: str) -> Any:
+    """The declared input `what` of ScoreInputs, or a clear error if the workflow gave none."""
+    value = getattr(inputs, what)
+    if value is None:
+        raise InputError(f"score method {method!r} needs {what!r} in its inputs, got None")
+    return value
+
+
+def checked_probe(inputs: ScoreInputs, method: str) -> ProbeData:
+    """The probe, checked to hold exactly the samples of `inputs` in the same order."""
+    probe = need(inputs, "probe", method)
+    if not np.array_equal(probe.index, inputs.index):
+        raise InputError(f"score method {method!r}: the probe's sample indices differ from inputs")
+    if probe.logits.ndim != 2 or probe.logits.shape[0] != len(inputs.index):
+        raise InputError(f"score method {method!r}: probe logits must be N×C, one row per sample")
+    return probe
+
+
+def int_param(method: str, key: str, value: Any, minimum: int) -> int:
+    """An integer parameter ≥ minimum, or an InputError naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(
+            f"score method {method!r}: {key} must be an integer ≥ {minimum}, got {value!r}"
+        )
+    return int(value)
+
+
+def blocks(n: int, size: int) -> Iterator[slice]:
+    """Consecutive row slices of at most `size` rows covering 0..n."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def log_probs(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))

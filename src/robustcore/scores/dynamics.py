@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robustcore.dynamics import COLUMNS
 from robustcore.io import InputError, read_parquet
+from robustcore.persample import DYNAMICS_COLUMNS
 from robustcore.scores.base import ScoreInputs, frame, register
 
 _EPOCH_FILE = re.compile(r"epoch(\d{3,})\.parquet$")
@@ -62,7 +62,9 @@ def read_dynamics(dynamics_dir: str | os.PathLike) -> dict[int, pd.DataFrame]:
     files = sorted(p for p in dynamics_dir.glob("epoch*.parquet") if _EPOCH_FILE.search(p.name))
     if not files:
         raise InputError(f"{dynamics_dir}: no epochNNN.parquet dynamics files")
-    epochs = {int(_EPOCH_FILE.search(p.name).group(1)): read_parquet(p, COLUMNS) for p in files}
+    epochs = {
+        int(_EPOCH_FILE.search(p.name).group(1)): read_parquet(p, DYNAMICS_COLUMNS) for p in files
+    }
     expected = list(range(1, max(epochs) + 1))
     if sorted(epochs) != expected:
         raise InputError(f"{dynamics_dir}: epochs {sorted(epochs)} present, expected {expected}")

@@ -20,7 +20,7 @@ Algorithm, as implemented
    b. *Adversarial examples* for every candidate sample with the current model in eval mode
       (input gradients only; BatchNorm uses running statistics; the mode is restored):
       ``adv_loss="pgd"``: PGD on the cross-entropy (``attacks.pgd``, random start);
-      ``adv_loss="trades"``: TRADES' KL attack (``regimes.trades_attack``, ℓ∞).
+      ``adv_loss="trades"``: TRADES' KL attack (``regimes.trades.trades_attack``, ℓ∞).
       Settings: ``eps``, ``norm`` and ``selection_steps`` / ``selection_step_size``, which
       default to the training attack's ``steps`` / ``step_size``: the reference code crafts
       the selection perturbations with the training attack's settings (``get_perturbations``
@@ -35,7 +35,7 @@ Algorithm, as implemented
       and the reference's TRADES selection code. A candidate's gradient is the **mean** over its
       samples (the reference's ``PerBatch`` gradients are batch means).
    d. *Coreset.* CRAIG or GradMatch over the candidate gradients, via the registered methods of
-      ``robustcore.scores.sets`` (``REGISTRY["craig"]``/``["gradmatch"]`` with
+      ``robustcore.scores`` (``REGISTRY["craig"]``/``["gradmatch"]`` with
       ``craig_weights``/``gradmatch_weights``) on a synthetic ProbeData whose "samples" are the
       candidates: one class, constant logits, features ``G_b / (√2 q)`` with ``q`` tiny, so its
       embeddings' inner products are ``<G_a, G_b> + 2q²`` (``2q² ≤ 2e-12`` × the mean squared
@@ -97,21 +97,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcore.attacks import NORMS, pgd
+from robustcore.cost import Cost
 from robustcore.data import Loader
 from robustcore.io import DivergedError, InputError
 from robustcore.probe import ProbeData, last_linear
-from robustcore.runtime import eval_mode
-from robustcore.train import (
+from robustcore.regimes.base import (
     REGIMES,
-    Cost,
     Regime,
     StepContext,
     StepResult,
+    count_attack,
     register_regime,
 )
+from robustcore.regimes.base import check_params as check_inner
+from robustcore.regimes.pgd import pgd_step
+from robustcore.regimes.trades import trades_attack, trades_step
+from robustcore.runtime import eval_mode
 
 METHODS = ("craig", "gradmatch")
-ADV_LOSSES = ("pgd", "trades")
+# The regimes whose step trains the coreset, by adv_loss (importing them registers them).
+INNER_STEPS = {"pgd": pgd_step, "trades": trades_step}
+ADV_LOSSES = tuple(INNER_STEPS)
 PURPOSE = "selection"
 _RIDGE_FLOOR = 1e-8  # relative ridge added to GradMatch's lam (positive-definite NNLS system)
 _ZERO_WEIGHT = 1e-6  # weights below this share of the largest count as 0 (ridge rounding)
@@ -253,14 +259,6 @@ def _head_view(
     return logits.float(), captured[-1].flatten(1).float()
 
 
-def _count_attack(cost: Cost, samples: int, steps: int) -> None:
-    """Count `steps` selection attack iterations (forward + input backward) over `samples`."""
-    if steps > 0:
-        cost.add(PURPOSE, samples * steps)
-        cost.attack_steps += steps
-    cost.samples_perturbed += samples
-
-
 def batch_gradients(
     model: nn.Module,
     loader: Loader,
@@ -290,12 +288,10 @@ def batch_gradients(
                 random_start=True,
                 generator=generator,
             )
-            _count_attack(cost, n, params.selection_steps if params.eps > 0 else 0)
+            count_attack(cost, n, params.selection_steps if params.eps > 0 else 0, PURPOSE)
             views = [_head_view(model, head, x_adv)]
             cost.add(PURPOSE, n, backward=False)
         else:
-            from robustcore.regimes import trades_attack  # late: regimes may import this module
-
             x_adv = trades_attack(
                 model,
                 x,
@@ -305,7 +301,7 @@ def batch_gradients(
                 generator=generator,
             )
             cost.add(PURPOSE, n, backward=False)  # the attack's KL target p(x)
-            _count_attack(cost, n, params.selection_steps)
+            count_attack(cost, n, params.selection_steps, PURPOSE)
             views = [_head_view(model, head, x), _head_view(model, head, x_adv)]
             cost.add(PURPOSE, 2 * n, backward=False)
         logits = [z.detach().cpu().double().requires_grad_(True) for z, _ in views]
@@ -390,7 +386,8 @@ def select_batches(
     # Imported here: the score registry pulls in scipy, which every other training job would
     # pay for at start-up (about 0.4 s) without using it.
     from robustcore.scores.base import REGISTRY, ScoreInputs
-    from robustcore.scores.sets import craig_weights, gradmatch_weights
+    from robustcore.scores.craig import craig_weights
+    from robustcore.scores.gradmatch import gradmatch_weights
 
     probe = _batch_probe(grads, mean_sq)
     inputs = ScoreInputs(index=probe.index, labels=probe.labels, probe=probe)
@@ -419,9 +416,7 @@ def select_batches(
 
 def _inner_regime(name: str) -> Regime:
     """The registered regime whose step trains the coreset (``pgd`` or ``trades``)."""
-    import robustcore.regimes  # noqa: F401  (registers pgd and trades; imported late)
-
-    if name not in REGIMES:
+    if name not in INNER_STEPS:
         raise InputError(f"regime 'acs': adv_loss {name!r} needs the regime {name!r} registered")
     return REGIMES[name]
 
@@ -445,8 +440,6 @@ class AcsPlan:
         """Check the entry, fix the seed of the partition and of the selection attacks."""
         self.params = check_params(spec)
         inner = _inner_regime(self.params.adv_loss)
-        from robustcore.regimes import check_params as check_inner
-
         check_inner(inner.name, spec)  # the keys only the inner step reads (random_start, ...)
         self.pool = np.asarray(loader.indices, dtype=np.int64)
         if len(self.pool) == 0:

@@ -1,0 +1,143 @@
+"""The package's import graph, imports inside functions included, has no cycles."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "robustcore"
+
+
+def module_names(root: Path = PACKAGE) -> dict[str, Path]:
+    """Dotted name -> file of every module of the package (a package is its __init__)."""
+    names = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names[".".join(parts)] = path
+    return names
+
+
+def imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules `name` imports anywhere in its file, with the packages that run."""
+    is_package = path.name == "__init__.py"
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against the importing module's package
+                anchor = name.split(".")
+                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets.add(base)
+            # `from pkg import sub` imports the submodule pkg.sub.
+            targets.update(f"{base}.{alias.name}" for alias in node.names)
+    edges = set()
+    for target in targets:
+        if target not in modules:
+            continue
+        edges.add(target)
+        # Importing a.b.c first runs the packages a and a.b, unless the importer is inside them.
+        parts = target.split(".")
+        for depth in range(1, len(parts)):
+            parent = ".".join(parts[:depth])
+            if parent in modules and not (name == parent or name.startswith(parent + ".")):
+                edges.add(parent)
+    edges.discard(name)
+    return edges
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports."""
+    modules = module_names()
+    return {name: imported(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as a list of modules (first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_package_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert len(graph) > 30 and "robustcore.regimes.acs" in graph
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_cycle_finder_sees_function_level_and_parent_package_imports(tmp_path):
+    """The checker itself: an import inside a function, through a package's __init__, is a cycle."""
+    pkg = tmp_path / "robustcore"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from robustcore.sub import leaf\n")
+    (pkg / "sub" / "leaf.py").write_text("X = 1\n")
+    (pkg / "top.py").write_text("def f():\n    from robustcore.sub.leaf import X\n    return X\n")
+    (pkg / "low.py").write_text("import robustcore.top\n")
+    modules = module_names(pkg)
+    graph = {name: imported(name, path, modules) for name, path in modules.items()}
+    assert find_cycle(graph) is None
+    assert graph["robustcore.top"] == {"robustcore.sub.leaf", "robustcore.sub"}
+    # The leaf now imports `low` inside a function: leaf -> low -> top -> sub(.leaf) -> leaf.
+    (pkg / "sub" / "leaf.py").write_text("def g():\n    from robustcore import low\n")
+    modules = module_names(pkg)
+    graph = {name: imported(name, path, modules) for name, path in modules.items()}
+    cycle = find_cycle(graph)
+    assert cycle is not None and "robustcore.low" in cycle and cycle[0] == cycle[-1]
+
+
+# DESIGN.md's layers, leaves first: a module may import its own layer and earlier ones only.
+LAYERS = [
+    ["io", "cost", "precision"],
+    ["runtime", "persample"],
+    ["data", "models", "attacks", "checkpoint", "probe", "select"],
+    ["sensitivity"],
+    ["scores"],
+    ["regimes"],
+    ["train"],
+    ["dynamics", "evaluate"],
+    ["report"],
+    ["cli", "__main__"],
+]
+
+
+def layer_of(module: str) -> int:
+    """The DESIGN.md layer of a package module (its first name below robustcore)."""
+    if module == "robustcore":
+        return -1
+    top = module.split(".")[1]
+    for depth, names in enumerate(LAYERS):
+        if top in names:
+            return depth
+    raise AssertionError(f"{module} is in no layer: add it to DESIGN.md and LAYERS")
+
+
+def test_imports_follow_the_design_layers():
+    upward = [
+        f"{source} -> {target}"
+        for source, targets in import_graph().items()
+        for target in targets
+        if layer_of(target) > layer_of(source)
+    ]
+    assert not upward, "imports against DESIGN.md's layers: " + ", ".join(sorted(upward))

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from robustcore import data
-from robustcore.attacks import autoattack, fgsm, perturbation_size, pgd, random_noise
+from robustcore.attacks import autoattack, fgsm, random_noise
 from robustcore.evaluate import evaluate
 from robustcore.io import InputError
+from robustcore.perturb import perturbation_size, pgd
 from robustcore.runtime import device_generator
 
 

@@ -109,9 +109,10 @@ def test_cycle_finder_sees_function_level_and_parent_package_imports(tmp_path):
 
 # DESIGN.md's layers, leaves first: a module may import its own layer and earlier ones only.
 LAYERS = [
-    ["io", "cost", "precision"],
+    ["io", "cost", "precision", "codegraph"],
     ["runtime", "persample"],
-    ["data", "models", "attacks", "checkpoint", "probe", "select"],
+    ["data", "models", "perturb", "checkpoint", "probe", "select"],
+    ["attacks"],
     ["sensitivity"],
     ["scores"],
     ["regimes"],

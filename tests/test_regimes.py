@@ -13,9 +13,9 @@ from helpers import make_split, meta_for
 from torch import nn
 
 from robustcore import data, models
-from robustcore.attacks import pgd
 from robustcore.cost import Cost
 from robustcore.io import InputError
+from robustcore.perturb import pgd
 from robustcore.regimes import REGIMES
 from robustcore.regimes.base import StepContext
 from robustcore.regimes.fgsm_rs import fgsm_rs_step

@@ -20,17 +20,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robustcore.attacks import (
-    AUTOATTACK_NORMS,
-    autoattack,
-    autoattack_suite,
-    fgsm,
-    perturbation_size,
-    pgd,
-    random_noise,
-)
+from robustcore.attacks import AUTOATTACK_NORMS, autoattack, autoattack_suite, fgsm, random_noise
 from robustcore.data import Loader
 from robustcore.io import InputError
+from robustcore.perturb import perturbation_size, pgd
 from robustcore.runtime import device_generator, eval_mode
 
 ATTACKS = ("none", "fgsm", "pgd", "autoattack")

@@ -3,6 +3,7 @@
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 
 NAME = "[a-z][a-z0-9_]*"
@@ -11,6 +12,17 @@ FRACTION = "[0-9]+(?:[.][0-9]+)?(?:e-?[0-9]+)?"
 # Jobs run `python -m robustcore` from src/, installed or not (conda envs and cluster nodes included).
 SRC = shlex.quote(str(Path(workflow.basedir) / "src"))
 shell.prefix(f"export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+# Code-aware staleness: every rule's params carry a fingerprint of the package code its
+# subcommand runs (read from the source, nothing imported), so editing a module makes exactly
+# the jobs that run it stale. `snakemake -n --list-changes params` lists them.
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from robustcore import codegraph
+
+
+def code_version(subcommand):
+    """The fingerprint of the code `robustcore <subcommand>` runs (a rule param)."""
+    return codegraph.fingerprint(subcommand)
 
 
 wildcard_constraints:

@@ -10,6 +10,7 @@ rule select_coreset:
     conda:
         "../../envs/torch.yaml"
     params:
+        code=code_version("coreset"),
         selection=lambda wc: as_json(coreset_params(wc)),
         fraction=lambda wc: parse_coreset(wc.coreset)["fraction"],
         seed=lambda wc: parse_coreset(wc.coreset)["seed"] or 0,

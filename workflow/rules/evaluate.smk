@@ -14,6 +14,7 @@ rule evaluate_model:
         "../../envs/torch.yaml"
     threads: config["threads"]
     params:
+        code=code_version("evaluate"),
         attack=lambda wc: as_json(config["attacks"][wc.attack]),
         tags=eval_tags,
         device=config["device"],

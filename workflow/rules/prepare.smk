@@ -6,6 +6,7 @@ rule prepare_data:
     conda:
         "../../envs/torch.yaml"
     params:
+        code=code_version("prepare"),
         dataset=lambda wc: as_json(config["datasets"][wc.dataset]),
         data_root=config["data_root"],
     shell:

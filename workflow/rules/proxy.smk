@@ -16,6 +16,7 @@ rule train_proxy:
         "../../envs/torch.yaml"
     threads: config["threads"]
     params:
+        code=code_version("proxy"),
         model=lambda wc: as_json(config["models"][config["proxies"][wc.proxy]["model"]]),
         training=lambda wc: as_json(proxy_training(wc.proxy)),
         device=config["device"],
@@ -42,6 +43,7 @@ rule sparse_fgsm:
         "../../envs/torch.yaml"
     threads: config["threads"]
     params:
+        code=code_version("sensitivity"),
         sparse=lambda wc: as_json(config["proxies"][wc.proxy]["sparse_fgsm"]),
         device=config["device"],
     shell:

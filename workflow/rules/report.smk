@@ -41,6 +41,7 @@ rule report_study:
     conda:
         "../../envs/report.yaml"
     params:
+        code=code_version("report"),
         study=study_json,
     shell:
         "python -m robustcore report --part study --study {params.study:q} "
@@ -73,6 +74,7 @@ rule report_compute:
     conda:
         "../../envs/report.yaml"
     params:
+        code=code_version("report"),
         study=study_json,
     shell:
         "python -m robustcore report --part compute --study {params.study:q} "
@@ -96,6 +98,7 @@ rule plot_top_vs_bottom:
     conda:
         "../../envs/report.yaml"
     params:
+        code=code_version("report"),
         study=study_json,
     shell:
         "python -m robustcore report --part top_vs_bottom --study {params.study:q} "
@@ -129,6 +132,7 @@ rule plot_hardness:
     conda:
         "../../envs/torch.yaml"
     params:
+        code=code_version("figure"),
         figure=lambda wc: ordered_json(hardness_params(wc)),
     shell:
         "python -m robustcore figure --kind hardness --params {params.figure:q} "
@@ -155,6 +159,7 @@ rule plot_proxy_agreement:
     conda:
         "../../envs/report.yaml"
     params:
+        code=code_version("figure"),
         figure=lambda wc: ordered_json(proxy_agreement_params(wc)),
     shell:
         "python -m robustcore figure --kind proxy_agreement --params {params.figure:q} "
@@ -179,6 +184,7 @@ rule plot_decision_boundary:
     conda:
         "../../envs/torch.yaml"
     params:
+        code=code_version("figure"),
         figure=lambda wc: ordered_json(decision_boundary_params(wc)),
     shell:
         "python -m robustcore figure --kind decision_boundary --params {params.figure:q} "
@@ -203,6 +209,7 @@ rule plot_feature_projection:
     conda:
         "../../envs/torch.yaml"
     params:
+        code=code_version("figure"),
         figure=lambda wc: ordered_json(feature_projection_params(wc)),
     shell:
         "python -m robustcore figure --kind feature_projection --params {params.figure:q} "
@@ -230,6 +237,7 @@ rule plot_easy_hard_accuracy:
     conda:
         "../../envs/report.yaml"
     params:
+        code=code_version("figure"),
         figure=lambda wc: ordered_json(easy_hard_params(wc)),
     shell:
         "python -m robustcore figure --kind easy_hard_accuracy --params {params.figure:q} "
@@ -251,6 +259,7 @@ rule report_index:
     conda:
         "../../envs/report.yaml"
     params:
+        code=code_version("report"),
         studies=report_studies(),
     shell:
         "python -m robustcore report --index --study {params.studies:q} --out {output} > {log} 2>&1"

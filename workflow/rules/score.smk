@@ -12,6 +12,7 @@ rule score_samples:
         "../../envs/torch.yaml"
     threads: config["threads"]
     params:
+        code=code_version("score"),
         score=lambda wc: as_json(config["scores"][wc.method]),
         device=config["device"],
     shell:

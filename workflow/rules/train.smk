@@ -15,6 +15,7 @@ rule train_model:
         "../../envs/torch.yaml"
     threads: config["threads"]
     params:
+        code=code_version("train"),
         model=lambda wc: as_json(config["models"][wc.model]),
         regime=lambda wc: as_json(config["regimes"][wc.regime]),
         device=config["device"],

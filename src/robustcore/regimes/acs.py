@@ -96,10 +96,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustcore.attacks import NORMS, pgd
 from robustcore.cost import Cost
 from robustcore.data import Loader
 from robustcore.io import DivergedError, InputError
+from robustcore.perturb import NORMS, pgd
 from robustcore.probe import ProbeData, last_linear
 from robustcore.regimes.base import (
     REGIMES,

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustcore.attacks import NORMS
 from robustcore.cost import Cost
 from robustcore.data import Loader
 from robustcore.io import InputError
+from robustcore.perturb import NORMS
 
 ATTACK_MODES = ("eval", "train")
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from robustcore.attacks import pgd
+from robustcore.perturb import pgd
 from robustcore.regimes.base import StepContext, count_attack
 from robustcore.runtime import eval_mode, frozen
 

@@ -13,7 +13,7 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 run: $(INSTALLED)
-	PATH="$(BIN):$$PATH" snakemake $(ARGS)
+	PATH="$(BIN):$$PATH" snakemake --cores all $(ARGS)
 
 test: $(INSTALLED)
 	PATH="$(BIN):$$PATH" pytest $(ARGS)

@@ -23,6 +23,23 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Downloads (compute nodes often have no internet) and jobs of seconds run where Snakemake runs;
+# on a cluster only model training, scoring and evaluation are submitted.
+localrules:
+    all,
+    all_coresets,
+    prepare_data,
+    select_coreset,
+    report_study,
+    report_compute,
+    report_index,
+    plot_top_vs_bottom,
+    plot_hardness,
+    plot_proxy_agreement,
+    plot_decision_boundary,
+    plot_easy_hard_accuracy,
+
+
 rule all:
     default_target: True
     input:

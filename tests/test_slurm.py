@@ -9,6 +9,7 @@ through sbatch (sacct lists them; GPU rules with gres/gpu) and that the results 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,15 +32,10 @@ def _run(args, cwd, env, timeout=900):
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _test_profile(folder: Path) -> Path:
-    """profiles/slurm with requests this one small node can grant and short status polling."""
+def _test_profile(folder: Path, extra_defaults: dict | None = None) -> Path:
+    """profiles/slurm as it is (resources come from the workflow), polling status quickly."""
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
-    for entry in [profile["default-resources"], *profile["set-resources"].values()]:
-        if "mem_mb" in entry:
-            entry["mem_mb"] = 1000
-        if "cpus_per_gpu" in entry:
-            entry["cpus_per_gpu"] = 1
-    profile["default-resources"]["cpus_per_task"] = 1
+    profile["default-resources"].update(extra_defaults or {})
     profile.update(
         {
             "jobs": 2,
@@ -51,6 +47,70 @@ def _test_profile(folder: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(profile))
     return folder
+
+
+# The tiny study with requests this 2-CPU node can grant and that differ between rules, so that
+# an ignored or swapped setting shows: CPUs 2 (threads + a worker) for the rules that read data
+# through workers, 1 for scoring; a memory base of its own per rule; time limits from the cost
+# model at a deliberately slow GPU (1 MFLOP/s), so each rule's work gives its own limit.
+SIZED = {
+    **TINY,
+    "threads": 1,
+    "workers": 1,
+    "job_resources": {
+        "gpu_tflops": 1e-6,
+        "startup_minutes": 0,
+        "safety": 1,
+        "min_minutes": 1,
+        "mem_mb": {
+            "default": 300,
+            "train_proxy": 700,
+            "train_model": 600,
+            "evaluate_model": 500,
+            "score_samples": 400,
+        },  # fmt: skip
+    },
+}
+GPU_RULES = {"train_proxy", "score_samples", "train_model", "evaluate_model"}
+LOCAL_RULES = {"prepare_data", "select_coreset", "report_study", "report_index"}
+
+
+def planned_requests(dry_run: str) -> dict[str, dict[str, int]]:
+    """What the workflow computed per job, keyed by the plugin's comment (rule and wildcards)."""
+    requests = {}
+    for block in re.split(r"\n(?=\[[^\n]*\]\n(?:local)?rule )", dry_run):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if rule is None or rule.group(1) not in GPU_RULES:
+            continue
+        values = re.search(r"wildcards: (.*)", block).group(1).split(", ")
+        resources = dict(
+            kv.split("=", 1) for kv in re.search(r"resources: (.*)", block)[1].split(", ")
+        )
+        comment = f"rule_{rule.group(1)}_wildcards_" + "_".join(v.split("=", 1)[1] for v in values)
+        threads = re.search(r"threads: (\d+)", block)  # printed only when above 1
+        requests[comment] = {
+            "cpu": int(threads.group(1)) if threads else 1,
+            "mem": int(resources["mem_mb"]),
+            "gpu": int(resources["gpu"]),
+            "minutes": int(resources["runtime"]),
+        }
+    return requests
+
+
+def allocations(sacct: str) -> dict[str, dict[str, int]]:
+    """What Slurm allocated per job (sacct -P: comment|state|AllocTRES|TimelimitRaw)."""
+    allocated = {}
+    for line in sacct.strip().splitlines():
+        comment, state, tres, minutes = line.split("|")
+        assert state == "COMPLETED", line
+        tres = dict(kv.split("=", 1) for kv in tres.split(","))
+        allocated[comment] = {
+            "cpu": int(tres["cpu"]),
+            "mem": int(tres["mem"].removesuffix("M")),
+            "gpu": int(tres.get("gres/gpu", 0)),
+            "minutes": int(minutes),
+        }
+    return allocated
 
 
 @pytest.fixture(scope="module")
@@ -77,19 +137,38 @@ def cluster(tmp_path_factory):
         subprocess.run(["bash", str(CLUSTER), "stop", str(folder)], capture_output=True)
 
 
-def test_tiny_workflow_through_slurm_equals_a_local_run(cluster, tmp_path):
-    config = yaml.safe_dump(TINY)
-    on_slurm, local = tmp_path / "slurm", tmp_path / "local"
-    for folder in (on_slurm, local):
-        folder.mkdir()
-        (folder / "config.yaml").write_text(config)
-    profile = _test_profile(tmp_path / "profile")
+def _sized_run(cluster, tmp_path, extra_defaults=None):
+    """Run SIZED through the Slurm profile; return (folder, planned requests, allocations)."""
+    on_slurm = tmp_path / "slurm"
+    on_slurm.mkdir()
+    (on_slurm / "config.yaml").write_text(yaml.safe_dump(SIZED))
+    profile = _test_profile(tmp_path / "profile", extra_defaults)
     snakemake = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-
+    plan = _run([*snakemake, "--profile", str(profile), "-n"], on_slurm, cluster)
+    assert plan.returncode == 0, (plan.stdout + plan.stderr)[-3000:]
+    planned = planned_requests(plan.stdout)
     run = _run([*snakemake, "--profile", str(profile)], on_slurm, cluster)
-    log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-4000:]
-    assert "executor: slurm" in log.lower() or "slurm" in log.lower()
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    sacct = _run(
+        ["sacct", "-X", "-n", "-P", "-a", "-S", "now-1hour", "-o",
+         "Comment%200,State,AllocTRES%120,TimelimitRaw"],
+        tmp_path, cluster, timeout=60,
+    )  # fmt: skip
+    assert sacct.returncode == 0, sacct.stderr
+    print("sacct listing:\n" + sacct.stdout)
+    # Only this run's jobs: the same comments may come from an earlier test in this cluster.
+    rows = [line for line in sacct.stdout.splitlines() if line.split("|")[0] in planned]
+    return on_slurm, planned, allocations("\n".join(rows[-len(planned) :]))
+
+
+def test_tiny_workflow_through_slurm_equals_a_local_run_with_the_computed_allocations(
+    cluster, tmp_path
+):
+    on_slurm, planned, allocated = _sized_run(cluster, tmp_path)
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "config.yaml").write_text(yaml.safe_dump(SIZED))
+    snakemake = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
     done = _run([*snakemake, "--cores", "2"], local, cluster)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
 
@@ -107,25 +186,15 @@ def test_tiny_workflow_through_slurm_equals_a_local_run(cluster, tmp_path):
         twin = on_slurm / path.relative_to(local)
         assert twin.read_bytes() == path.read_bytes(), path
 
-    # Every job went through sbatch: sacct (slurmdbd) lists them, GPU rules with a GPU.
-    sacct = _run(
-        ["sacct", "-X", "-n", "-P", "-a", "-o", "JobID,Comment%80,State,AllocTRES%80"],
-        tmp_path,
-        cluster,
-        timeout=60,
-    )
-    assert sacct.returncode == 0, sacct.stderr
-    print("sacct listing:\n" + sacct.stdout)
-    rows = [line.split("|") for line in sacct.stdout.strip().splitlines()]
-    rules = {}
-    for _job, comment, state, tres in rows:
-        rule = comment.removeprefix("rule_").split("_wildcards_")[0]
-        rules.setdefault(rule, []).append((state, tres))
-    expected = {"prepare_data", "train_proxy", "score_samples", "select_coreset", "train_model",
-                "evaluate_model", "report_study", "report_index"}  # fmt: skip
-    assert expected <= set(rules), sorted(rules)
-    assert all(state == "COMPLETED" for jobs in rules.values() for state, _ in jobs)
-    for rule in ("train_proxy", "train_model", "evaluate_model", "score_samples"):
-        assert all("gres/gpu=1" in tres for _, tres in rules[rule]), (rule, rules[rule])
-    for rule in ("prepare_data", "select_coreset", "report_study"):
-        assert all("gres/gpu" not in tres for _, tres in rules[rule]), (rule, rules[rule])
+    # Only the GPU rules went through sbatch; downloads, selection and the report ran locally.
+    rules = {comment.removeprefix("rule_").split("_wildcards_")[0] for comment in allocated}
+    assert rules == GPU_RULES, sorted(rules)
+    assert not LOCAL_RULES & rules
+    # Each job got exactly what the workflow computed for it, and the rules differ.
+    assert allocated == planned
+    per_rule = {rule: {
+        (a["cpu"], a["mem"], a["minutes"]) for c, a in allocated.items() if f"rule_{rule}_" in c
+    } for rule in GPU_RULES}  # fmt: skip
+    assert len({value for values in per_rule.values() for value in values}) >= len(GPU_RULES)
+    assert {a["cpu"] for a in allocated.values()} == {1, 2}
+    assert all(a["gpu"] == 1 for a in allocated.values())

@@ -17,12 +17,41 @@ shell.prefix(f"export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 # subcommand runs (read from the source, nothing imported), so editing a module makes exactly
 # the jobs that run it stale. `snakemake -n --list-changes params` lists them.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from robustcore import codegraph
+from robustcore import codegraph, jobcost
 
 
 def code_version(subcommand):
     """The fingerprint of the code `robustcore <subcommand>` runs (a rule param)."""
     return codegraph.fingerprint(subcommand)
+
+
+# Resources come from one cost model (robustcore.jobcost) and the config's job_resources; the
+# Slurm profile adds only account and partitions. Slurm allocates `threads` CPUs per job.
+def job_threads(rule):
+    """CPUs a job of `rule` uses: torch threads (+ DataLoader workers where it reads data)."""
+    return jobcost.threads(config, rule)
+
+
+def job_runtime(rule):
+    """Time limit in minutes of a job of `rule`, longer on each retry."""
+    return lambda wildcards, attempt: jobcost.runtime_minutes(
+        config, rule, dict(wildcards), attempt
+    )
+
+
+def job_mem_mb(rule):
+    """Host memory in MB of a job of `rule`."""
+    return lambda wildcards: jobcost.mem_mb(config, rule, dict(wildcards))
+
+
+def torch_threads(wildcards, threads):
+    """Torch threads of a job that reads through DataLoader workers: its CPUs less the workers."""
+    return max(1, threads - config["workers"])
+
+
+def job_gpus(rule):
+    """GPUs a job of `rule` asks for (0 with device: cpu)."""
+    return int(jobcost.uses_gpu(config, rule))
 
 
 wildcard_constraints:

@@ -12,15 +12,20 @@ rule evaluate_model:
         "logs/benchmarks/evaluate_model/{dataset}/{model}/{regime}/{coreset}/seed{seed}/{attack}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: config["threads"]
+    threads: job_threads("evaluate_model")
+    resources:
+        runtime=job_runtime("evaluate_model"),
+        mem_mb=job_mem_mb("evaluate_model"),
+        gpu=job_gpus("evaluate_model"),
     params:
         code=code_version("evaluate"),
         attack=lambda wc: as_json(config["attacks"][wc.attack]),
         tags=eval_tags,
         device=config["device"],
         workers=config["workers"],
+        torch_threads=torch_threads,
     shell:
         "python -m robustcore evaluate --model {input.model} --data results/data/{wildcards.dataset} "
         "--attack {params.attack:q} --tags {params.tags:q} --cost {input.cost} --seed {wildcards.seed} "
-        "--device {params.device:q} --threads {threads} --workers {params.workers} "
+        "--device {params.device:q} --threads {params.torch_threads} --workers {params.workers} "
         "--out {output.summary} > {log} 2>&1"

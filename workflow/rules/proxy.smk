@@ -14,17 +14,22 @@ rule train_proxy:
         "logs/benchmarks/train_proxy/{dataset}/{proxy}/seed{seed}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: config["threads"]
+    threads: job_threads("train_proxy")
+    resources:
+        runtime=job_runtime("train_proxy"),
+        mem_mb=job_mem_mb("train_proxy"),
+        gpu=job_gpus("train_proxy"),
     params:
         code=code_version("proxy"),
         model=lambda wc: as_json(config["models"][config["proxies"][wc.proxy]["model"]]),
         training=lambda wc: as_json(proxy_training(wc.proxy)),
         device=config["device"],
         workers=config["workers"],
+        torch_threads=torch_threads,
     shell:
         "python -m robustcore proxy --data results/data/{wildcards.dataset} --model {params.model:q} "
         "--training {params.training:q} --seed {wildcards.seed} --device {params.device:q} "
-        "--threads {threads} --workers {params.workers} --out results/proxy/{wildcards.dataset}/{wildcards.proxy}/seed{wildcards.seed} "
+        "--threads {params.torch_threads} --workers {params.workers} --out results/proxy/{wildcards.dataset}/{wildcards.proxy}/seed{wildcards.seed} "
         "> {log} 2>&1"
 
 
@@ -41,7 +46,11 @@ rule sparse_fgsm:
         "logs/benchmarks/sparse_fgsm/{dataset}/{proxy}/seed{seed}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: config["threads"]
+    threads: job_threads("sparse_fgsm")
+    resources:
+        runtime=job_runtime("sparse_fgsm"),
+        mem_mb=job_mem_mb("sparse_fgsm"),
+        gpu=job_gpus("sparse_fgsm"),
     params:
         code=code_version("sensitivity"),
         sparse=lambda wc: as_json(config["proxies"][wc.proxy]["sparse_fgsm"]),

@@ -208,6 +208,11 @@ rule plot_feature_projection:
         "logs/plot_feature_projection/{study}.log",
     conda:
         "../../envs/torch.yaml"
+    threads: job_threads("plot_feature_projection")
+    resources:
+        runtime=job_runtime("plot_feature_projection"),
+        mem_mb=job_mem_mb("plot_feature_projection"),
+        gpu=job_gpus("plot_feature_projection"),
     params:
         code=code_version("figure"),
         figure=lambda wc: ordered_json(feature_projection_params(wc)),

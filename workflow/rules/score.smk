@@ -10,7 +10,11 @@ rule score_samples:
         "logs/benchmarks/score_samples/{dataset}/{proxy}/seed{seed}/{method}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: config["threads"]
+    threads: job_threads("score_samples")
+    resources:
+        runtime=job_runtime("score_samples"),
+        mem_mb=job_mem_mb("score_samples"),
+        gpu=job_gpus("score_samples"),
     params:
         code=code_version("score"),
         score=lambda wc: as_json(config["scores"][wc.method]),

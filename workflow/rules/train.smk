@@ -13,16 +13,21 @@ rule train_model:
         "logs/benchmarks/train_model/{dataset}/{model}/{regime}/{coreset}/seed{seed}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: config["threads"]
+    threads: job_threads("train_model")
+    resources:
+        runtime=job_runtime("train_model"),
+        mem_mb=job_mem_mb("train_model"),
+        gpu=job_gpus("train_model"),
     params:
         code=code_version("train"),
         model=lambda wc: as_json(config["models"][wc.model]),
         regime=lambda wc: as_json(config["regimes"][wc.regime]),
         device=config["device"],
         workers=config["workers"],
+        torch_threads=torch_threads,
     shell:
         "python -m robustcore train --data results/data/{wildcards.dataset} --coreset {input.coreset} "
         "--model {params.model:q} --regime {params.regime:q} --seed {wildcards.seed} "
-        "--device {params.device:q} --threads {threads} --workers {params.workers} "
+        "--device {params.device:q} --threads {params.torch_threads} --workers {params.workers} "
         "--out results/runs/{wildcards.dataset}/{wildcards.model}/{wildcards.regime}/{wildcards.coreset}/seed{wildcards.seed} "
         "> {log} 2>&1"

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 import robustcore.evaluate as ev
-from robustcore import data
+from robustcore import cli, data, models
 from robustcore.evaluate import evaluate
 from robustcore.io import InputError
+from robustcore.runtime import software_versions
 
 PGD = {"type": "pgd", "norm": "linf", "eps": 0.1, "steps": 10, "step_size": 0.025}
 AA_FAST = {"type": "autoattack", "eps": 0.1, "version": "custom", "attacks": ["apgd-ce"]}
@@ -221,3 +222,16 @@ def test_bad_specs_are_named(trained_digits, spec, match):
     model, _, test = trained_digits
     with pytest.raises(InputError, match=match):
         evaluate(model, data.Loader(test, 64), spec)
+
+
+def test_evaluation_json_records_the_software_versions(trained_digits, digits_dir, tmp_path):
+    model, spec, _ = trained_digits
+    models.save(model, spec, tmp_path / "run")
+    out = tmp_path / "fgsm.json"
+    attack = json.dumps({"type": "fgsm", "eps": 0.05, "hygiene": False})
+    argv = ["evaluate", "--model", str(tmp_path / "run"), "--data", digits_dir]
+    assert cli.main([*argv, "--attack", attack, "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["versions"] == software_versions()
+    assert written["versions"]["torch"] == torch.__version__
+    assert set(written["versions"]) == {"python", "torch", "cuda", "cudnn", "robustcore", "numpy"}

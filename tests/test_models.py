@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import platform
+
+import numpy as np
 import pytest
 import torch
 
+import robustcore
 from robustcore import models
 from robustcore.io import InputError
 
@@ -94,3 +99,17 @@ def test_equal_weights_save_to_equal_bytes(tmp_path):
     models.save(model, spec, tmp_path / "a")
     models.save(model, spec, tmp_path / "b")
     assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()
+
+
+def test_model_json_records_the_software_versions(tmp_path):
+    spec = _spec("mlp", {}, [4], 2)
+    models.save(models.build(spec), spec, tmp_path)
+    written = json.loads((tmp_path / "model.json").read_text())
+    assert {k: v for k, v in written.items() if k != "versions"} == spec
+    versions = written["versions"]
+    assert set(versions) == {"python", "torch", "cuda", "cudnn", "robustcore", "numpy"}
+    assert versions["torch"] == torch.__version__ and versions["cuda"] == torch.version.cuda
+    assert versions["cudnn"] == torch.backends.cudnn.version()  # None on CPU-only builds
+    assert versions["python"] == platform.python_version()
+    assert versions["robustcore"] == robustcore.__version__ and versions["numpy"] == np.__version__
+    assert not models.load(tmp_path).training, "a model.json with versions still loads"

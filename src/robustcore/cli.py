@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import builtins
+import contextlib
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +110,6 @@ def cmd_proxy(args: argparse.Namespace) -> None:
 def cmd_score(args: argparse.Namespace) -> None:
     """Compute a per-sample score (or a greedy pick order) from a trained proxy."""
     import resource
-    import time
 
     from robustcore.io import write_json, write_parquet
     from robustcore.runtime import resolve_device, seed_everything
@@ -175,8 +178,6 @@ def _reset_peak_rss_mib() -> float | None:
 
 def cmd_sensitivity(args: argparse.Namespace) -> None:
     """Sparse FGSM on the proxy: per sample and k, the softmax output and prediction."""
-    import time
-
     from robustcore import data, models
     from robustcore.io import write_json
     from robustcore.runtime import resolve_device, seed_everything
@@ -304,7 +305,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from robustcore import data, models
     from robustcore.evaluate import evaluate
     from robustcore.io import read_json, write_json, write_parquet
-    from robustcore.runtime import resolve_device, seed_everything
+    from robustcore.runtime import resolve_device, seed_everything, software_versions
 
     device = resolve_device(args.device)
     seed_everything(args.seed, args.threads)
@@ -324,7 +325,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         summary["train_cost"] = read_json(args.cost)
     out = Path(args.out)
     write_parquet(out.with_suffix(".parquet"), frame)
-    write_json(out, {**summary, "run": args.tags})
+    write_json(out, {**summary, "run": args.tags, "versions": software_versions()})
     print(f"clean {summary['clean_acc']:.4f} robust {summary['robust_acc']:.4f} -> {out}")
 
 
@@ -446,17 +447,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: run a subcommand; bad input exits 2 with a one-line message."""
-    args = build_parser().parse_args(argv)
+class _ImportClock:
+    """Seconds spent in (outermost) import statements while installed, to tell imports from work."""
+
+    def __init__(self) -> None:
+        self.seconds, self._depth = 0.0, 0
+        self._original = builtins.__import__
+
+    def __enter__(self) -> _ImportClock:
+        builtins.__import__ = self._import
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        builtins.__import__ = self._original
+
+    def _import(self, *args: Any, **kwargs: Any) -> Any:
+        if self._depth:
+            return self._original(*args, **kwargs)
+        self._depth += 1
+        started = time.perf_counter()
+        try:
+            return self._original(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self._depth -= 1
+
+
+def _log_work(path: str, command: str, seconds: float) -> None:
+    """Append one job's work and lifetime (seconds) to a JSON-lines file, one write per job."""
     try:
-        args.func(args)
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started = int(stat.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+            alive = float(uptime.read().split()[0]) - started
+    except OSError:  # not Linux
+        alive = None
+    line = {"command": command, "work_seconds": seconds, "process_seconds": alive}
+    with open(path, "a") as handle:
+        handle.write(json.dumps(line) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a subcommand; bad input exits 2 with a one-line message.
+
+    With ROBUSTCORE_WORK_LOG set (benchmarks/bench_default.py), the subcommand's time less its
+    imports is appended to that file.
+    """
+    args = build_parser().parse_args(argv)
+    work_log = os.environ.get("ROBUSTCORE_WORK_LOG")
+    clock = _ImportClock() if work_log else contextlib.nullcontext()
+    started = time.perf_counter()
+    try:
+        with clock:
+            args.func(args)
     except (InputError, DivergedError) as err:
         print(f"robustcore {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Preempted as err:
         print(f"robustcore {args.command}: {err}", file=sys.stderr)
         return PREEMPTED_EXIT
+    finally:
+        if work_log:
+            work = time.perf_counter() - started - clock.seconds
+            _log_work(work_log, args.command, work)
     return 0
 
 

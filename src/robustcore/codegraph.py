@@ -96,7 +96,11 @@ def closure(start: set[str], root: Path = PACKAGE_DIR) -> set[str]:
 
 
 def _cli_functions(subcommand: str, root: Path) -> list[ast.FunctionDef]:
-    """The CLI handler `cmd_<subcommand>` and the cli helpers it calls, transitively."""
+    """The CLI handler `cmd_<subcommand>`, `main`, and the cli helpers they call, transitively.
+
+    `build_parser` is left out: it defines every subcommand's options, and the rules pass theirs
+    explicitly, so an option added to one subcommand does not make every job stale.
+    """
     tree = _parsed(modules(root)[f"{PACKAGE}.cli"])
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     handler = f"cmd_{subcommand}"
@@ -104,14 +108,14 @@ def _cli_functions(subcommand: str, root: Path) -> list[ast.FunctionDef]:
         handlers = sorted(n[4:] for n in functions if n.startswith("cmd_"))
         raise KeyError(f"robustcore has no subcommand {subcommand!r}; expected one of {handlers}")
     found: dict[str, ast.FunctionDef] = {}
-    todo = [handler]
+    todo = [handler, "main"]
     while todo:
         fn = functions[todo.pop()]
         if fn.name in found:
             continue
         found[fn.name] = fn
         called = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and n.id in functions}
-        todo.extend(called - set(found))
+        todo.extend(called - set(found) - {"build_parser"})
     return [found[k] for k in sorted(found)]
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from robustcore.io import InputError, atomic_path, read_json, write_json
+from robustcore.runtime import software_versions
 
 
 class Normalize(nn.Module):
@@ -159,7 +160,7 @@ def has_batch_coupling(model: nn.Module) -> bool:
 
 
 def save(model: nn.Module, spec: dict[str, Any], out_dir: str | os.PathLike) -> None:
-    """Write model.pt (plain state_dict) and model.json atomically."""
+    """Write model.pt (plain state_dict) and model.json (spec and software versions) atomically."""
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     # Through a buffer: saved to a path, the zip archive is named after the (random) temporary
@@ -168,7 +169,8 @@ def save(model: nn.Module, spec: dict[str, Any], out_dir: str | os.PathLike) -> 
     torch.save(state, buffer)
     with atomic_path(out_dir / "model.pt") as tmp:
         tmp.write_bytes(buffer.getvalue())
-    write_json(out_dir / "model.json", spec)
+    # Versions go to model.json only: model.pt holds the weights alone, compared byte for byte.
+    write_json(out_dir / "model.json", {**spec, "versions": software_versions()})
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:

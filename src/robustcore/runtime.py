@@ -1,8 +1,9 @@
-"""Device choice, seeding and model-mode handling shared by the training and attack code."""
+"""Device choice, seeding, model-mode handling and software versions shared by the stages."""
 
 from __future__ import annotations
 
 import contextlib
+import platform
 import random
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robustcore import __version__
 from robustcore.io import InputError
 from robustcore.precision import precision_of
 
@@ -82,8 +84,6 @@ def device_info(device: torch.device, spec: dict | None = None) -> dict:
     if device.type == "cuda":
         name, count = torch.cuda.get_device_name(device), torch.cuda.device_count()
     else:
-        import platform
-
         name, count = platform.processor() or platform.machine(), 1
     precision = precision_of(spec, device)
     return {
@@ -93,4 +93,21 @@ def device_info(device: torch.device, spec: dict | None = None) -> dict:
         "precision": precision if precision == "fp32" else f"{precision} autocast",
         "channels_last": bool(spec.get("channels_last", False)),
         "threads": torch.get_num_threads(),
+    }
+
+
+def software_versions() -> dict[str, str | int | None]:
+    """Python, torch (with the CUDA and cuDNN it reports), robustcore and NumPy versions."""
+    try:
+        # An int such as 90100, or None where torch was built without cuDNN (CPU builds).
+        cudnn = torch.backends.cudnn.version()
+    except RuntimeError:  # torch found a cuDNN it cannot use; the record must still be written
+        cudnn = None
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,  # None on CPU-only builds
+        "cudnn": cudnn,
+        "robustcore": __version__,
+        "numpy": np.__version__,
     }

@@ -119,7 +119,7 @@ LAYERS = [
     ["train"],
     ["dynamics", "evaluate"],
     ["report"],
-    ["cli", "__main__"],
+    ["cli", "warm", "__main__"],
 ]
 
 

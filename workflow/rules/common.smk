@@ -1,9 +1,14 @@
 # Config to jobs: wildcard constraints, job environment, and path, target, input, params functions.
 # Validation is in validate.smk (included before this file); only its check_config() runs here.
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 NAME = "[a-z][a-z0-9_]*"
@@ -17,12 +22,80 @@ shell.prefix(f"export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 # subcommand runs (read from the source, nothing imported), so editing a module makes exactly
 # the jobs that run it stale. `snakemake -n --list-changes params` lists them.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from robustcore import codegraph, jobcost
+from robustcore import codegraph, jobcost, warm
 
 
 def code_version(subcommand):
     """The fingerprint of the code `robustcore <subcommand>` runs (a rule param)."""
     return codegraph.fingerprint(subcommand)
+
+
+# Warm workers (robustcore.warm): in a local run, jobs hand their command to one server process
+# that imported torch and the package once and forks a child per job, instead of each paying
+# Python's start-up and ~3 s of imports. Not with conda/apptainer envs (the server runs in
+# Snakemake's Python) nor on a cluster (jobs run elsewhere); `warm_workers: false` switches it off.
+WARM = {}
+
+
+def start_warm_server():
+    """Start the warm server for a local run and point the jobs' environment at it."""
+    deployment = {
+        method.name for method in workflow.deployment_settings.deployment_method
+    }
+    if (
+        not config["warm_workers"]
+        or not workflow.local_exec
+        or {"CONDA", "APPTAINER"} & deployment
+    ):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="robustcore-warm-"))
+    socket_path = folder / "socket"
+    Path("logs").mkdir(exist_ok=True)
+    log = open("logs/warm_server.log", "w")
+    pythonpath = os.pathsep.join(
+        filter(
+            None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")]
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "robustcore.warm", str(socket_path)],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    for _ in range(
+        1200
+    ):  # its imports take seconds; the socket appears when it is ready
+        if socket_path.exists() or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    WARM.update(process=process, folder=folder, log=log)
+    if socket_path.exists():
+        os.environ[warm.ENV] = str(socket_path)
+
+
+def stop_warm_server():
+    """Stop the warm server, if one was started."""
+    os.environ.pop(warm.ENV, None)
+    if "process" in WARM:
+        WARM["process"].terminate()
+        WARM["process"].wait(timeout=30)
+        WARM["log"].close()
+        shutil.rmtree(WARM["folder"], ignore_errors=True)
+        WARM.clear()
+
+
+onstart:
+    start_warm_server()
+
+
+onsuccess:
+    stop_warm_server()
+
+
+onerror:
+    stop_warm_server()
 
 
 # Resources come from one cost model (robustcore.jobcost) and the config's job_resources; the

@@ -129,7 +129,9 @@ def serve(path: str) -> None:
     for name in codegraph.modules():
         if not name.endswith(("__main__", ".warm")):
             importlib.import_module(name)
-    import torch  # noqa: F401  (the package imports it; named for the reader)
+    # torch.optim's first step imports torch._dynamo (with sympy and inductor: ~870 modules, about
+    # a second per training job); importing it here starts no thread.
+    import torch._dynamo  # noqa: F401
 
     parent = os.getppid()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children

@@ -39,9 +39,9 @@ def _mlp(split: data.Split, classes: int = 3, seed: int = 0) -> nn.Module:
 
 
 def _spec(**overrides) -> dict:
-    """An acs entry with the regime's defaults, cheap attacks and a small schedule."""
+    """An acs entry with the regime's defaults, cheap attacks and a small compact schedule."""
     spec = {**REGIMES["acs"].defaults, "epochs": 10, "steps": 1, "step_size": 0.05, "eps": 0.05}
-    return {**spec, "warm_start_epochs": 2, "freq": 3, **overrides}
+    return {**spec, "epoch_plan": "compact", "warm_start_epochs": 2, "freq": 3, **overrides}
 
 
 def test_schedule_coverage_and_weights():
@@ -87,6 +87,69 @@ def test_warm_start_rule_and_unweighted_and_full_fraction():
     assert weights is None
     assert np.array_equal(coreset.indices, np.arange(47))
     assert plan(2) is None and plan(4) is not None
+
+
+def _reference_loop(epochs: int, kappa: float, fraction: float, freq: int) -> list[str]:
+    """The reference's epoch loop (scripts/robust_train_linf.py, *PB-Warm), 0-based, verbatim."""
+    kappa_epochs = int(kappa * epochs)
+    full_epochs = round(kappa_epochs * fraction)
+    kinds = []
+    for i in range(epochs):
+        selects = (i % freq == 0) and (i >= kappa_epochs)
+        if i < full_epochs:
+            kinds.append("full")
+        elif i >= kappa_epochs:
+            kinds.append("select" if selects else "coreset")
+        else:
+            kinds.append("idle")
+    return kinds
+
+
+@pytest.mark.parametrize(
+    ("epochs", "kappa", "fraction", "freq"),
+    [(10, 0.5, 0.5, 2), (200, 0.5, 0.1, 20), (120, 0.5, 0.5, 20), (15, 0.5, 0.5, 5),
+     (100, 0.6, 0.3, 7), (30, 0.5, 0.25, 4), (12, 0.0, 0.5, 3)],
+)  # fmt: skip
+def test_reference_schedule_is_the_reference_codes(epochs, kappa, fraction, freq):
+    params = acs.check_params(
+        {"epochs": epochs, "kappa": kappa, "fraction": fraction, "freq": freq}
+    )
+    ours = [acs.epoch_kind(e, params) for e in range(1, epochs + 1)]
+    # "initial": a coreset epoch before the first selection, on the reference's random start_idxs.
+    assert [k.replace("initial", "coreset") for k in ours] == _reference_loop(
+        epochs, kappa, fraction, freq
+    )
+    assert ours.count("initial") <= 1
+
+
+def test_reference_schedule_worked_examples():
+    """E = 200, κ = 0.5, f = 0.1, freq 20: 10 full, 90 idle, 100 coreset epochs, 5 selections."""
+    params = acs.check_params({"epochs": 200, "kappa": 0.5, "fraction": 0.1, "freq": 20})
+    kinds = [acs.epoch_kind(e, params) for e in range(1, 201)]
+    assert kinds.count("full") == 10 and kinds.count("idle") == 90
+    assert [e for e, k in enumerate(kinds, 1) if k == "select"] == [101, 121, 141, 161, 181]
+    compact = acs.check_params({**params.__dict__, "epochs": 200, "epoch_plan": "compact"})
+    kinds = [acs.epoch_kind(e, compact) for e in range(1, 201)]
+    assert kinds.count("full") == 10 and "idle" not in kinds and kinds.count("select") == 10
+
+
+def test_reference_schedule_trains_nothing_in_idle_epochs(digits_dir):
+    """fit: full, idle (no pass counted, loss NaN, the schedule still advances), coreset."""
+    generator = seed_everything(0)
+    train, _ = data.load(digits_dir)
+    model = models.build(models.model_spec("mlp", {"hidden": [16]}, data.load_meta(digits_dir)))
+    regime = {
+        "type": "acs", "epochs": 6, "kappa": 0.5, "fraction": 0.5, "freq": 2, "steps": 1,
+        "step_size": 0.05, "eps": 0.05, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
+    }  # fmt: skip
+    # K = 3, T_w = round(1.5) = 2: epochs 1-2 full, 3 idle, 4 initial subset, 5 selection, 6.
+    log, cost = fit(model, data.Loader(train, 64), regime, generator=generator)
+    losses = [row["train_loss"] for row in log]
+    assert math.isnan(losses[2]) and all(math.isfinite(v) for i, v in enumerate(losses) if i != 2)
+    assert [row["lr"] for row in log][3] == pytest.approx(0.1 * (1 + math.cos(math.pi * 3 / 6)) / 2)
+    n, m = len(train), round(0.5 * len(train))
+    assert cost.forward["selection"] == n * (1 + 1)  # one selection (epoch 5), 1 attack step
+    assert 2 * n + m + 2 * m <= cost.forward["update"] <= 2 * n + m + 2 * (m + 63)
 
 
 def test_reproducible_with_the_seed():
@@ -224,6 +287,7 @@ def test_fit_trains_on_the_coreset(digits_dir, method):
     regime = {
         "type": "acs",
         "method": method,
+        "epoch_plan": "compact",
         "epochs": 4,
         "warm_start_epochs": 1,
         "freq": 2,

@@ -21,7 +21,7 @@ from robustcore.regimes.base import StepContext
 from robustcore.regimes.fgsm_rs import fgsm_rs_step
 from robustcore.regimes.grad_similarity import gradmatch_similarity, weight_terms
 from robustcore.regimes.pgd import pgd_step
-from robustcore.regimes.selective import select_subset, selective_step
+from robustcore.regimes.selective import gradmatch_choice, select_subset, selective_step
 from robustcore.regimes.trades import trades_step
 from robustcore.runtime import seed_everything
 from robustcore.train import fit
@@ -231,6 +231,32 @@ def test_margin_sampling_follows_inverse_absolute_margin():
     assert all(len(set(row.tolist())) == 4 for row in four)  # without replacement
     counts = torch.bincount(four.flatten(), minlength=8)
     assert counts[[0, 1, 7]].min() > 450 and counts[[4, 5, 6]].max() < 250
+
+
+def test_gradmatch_sampling_follows_the_normalised_thresholded_weights():
+    """The paper's pipeline: cosine -> max(cos - τ, 0) -> normalise -> multinomial draw."""
+    from scipy import stats
+
+    similarity = torch.tensor([-0.5, 0.1, 0.3, 0.6, 0.0, 0.45, -0.05, 0.2])
+    generator = torch.Generator().manual_seed(0)
+    for threshold in (0.0, 0.25):
+        weights = (similarity.double() - threshold).clamp_min(0)
+        expected = weights / weights.sum()
+        draws = torch.cat([gradmatch_choice(similarity, 1, generator, threshold=threshold)
+                           for _ in range(6000)])  # fmt: skip
+        counts = torch.bincount(draws, minlength=8).double()
+        assert counts[expected == 0].sum() == 0  # at or below the threshold: never drawn
+        keep = expected > 0
+        chi2 = stats.chisquare(counts[keep].numpy(), 6000 * expected[keep].numpy())
+        assert chi2.pvalue > 1e-3, (threshold, counts, expected)
+    three = [gradmatch_choice(similarity, 3, generator) for _ in range(200)]
+    assert all(len(set(row.tolist())) == 3 for row in three)  # without replacement
+    assert torch.equal(
+        gradmatch_choice(similarity, 3, generator, sampling="topk"), torch.tensor([3, 5, 2])
+    )
+    # Fewer positive weights than m: the positives first, the rest filled at random.
+    six = gradmatch_choice(similarity, 6, generator, threshold=0.25)
+    assert {3, 5} <= set(six.tolist()) and len(set(six.tolist())) == 6
 
 
 @pytest.mark.parametrize("criterion", ["margin", "gradmatch", "random"])

@@ -18,6 +18,7 @@ from robustcore.cost import Cost
 from robustcore.io import InputError
 from robustcore.scores.base import REGISTRY, ScoreInputs
 from robustcore.sensitivity import (
+    flip_rates,
     read_sensitivity,
     sensitivity_table,
     sparse_fgsm,
@@ -153,6 +154,19 @@ def test_sensitivity_table_rows_and_clean_forward():
     pd.testing.assert_frame_equal(table, again, atol=1e-6, rtol=0)
     assert cost.forward == {"sensitivity_grad": 10, "sensitivity_forward": 30}
     assert cost.backward == {"sensitivity_grad": 10}
+
+
+def test_flip_rates_count_samples_whose_prediction_changes():
+    frame = pd.DataFrame(
+        {
+            "index": [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3],
+            "k": [0, 1, 4] * 4,
+            "pred": [2, 2, 1, 0, 1, 1, 1, 1, 1, 2, 0, 2],
+        }
+    ).sample(frac=1, random_state=0)  # row order must not matter
+    # k = 1: samples 1 and 3 flip; k = 4: samples 0 and 1 (sample 3 is back to its clean class).
+    assert flip_rates(frame) == {1: 0.5, 4: 0.5}
+    assert flip_rates(frame[frame["index"] != 1]) == {1: 1 / 3, 4: 1 / 3}
 
 
 def test_write_read_roundtrip_and_checks(tmp_path):

@@ -303,11 +303,12 @@ FIGURES = {
                  "augment": {"crop_padding": 0, "flip": False}},
     },
     "proxies": {
-        "mlp": {"model": "mlp", "regime": "quick"},
+        "mlp": {"model": "mlp", "regime": "quick",
+                "sparse_fgsm": {"eps": 0.03, "ks": [1, 4], "mode": "pixel"}},
         "mlp2": {"model": "mlp2", "regime": "quick"},
         "toy": {"model": "toy", "regime": "toyq"},
     },
-    "scores": {"aign": {"method": "aign"}},
+    "scores": {"aign": {"method": "aign"}, "isef": {"method": "isef"}},
     "selections": {
         "random": {"keep": "random"},
         "easy": {"score": "aign", "keep": "low"},
@@ -336,6 +337,7 @@ FIGURES = {
                 "easy_hard_accuracy": {"selections": ["easy", "random"], "attack": "pgd",
                                        "bins": 3},
                 "top_vs_bottom": {"scores": ["aign"]},
+                "sparse_fgsm_signal": {"eps": [0.2]},
             },
         },
         "compute": {
@@ -374,7 +376,7 @@ def test_every_table_and_figure_of_a_study_then_a_failed_run_renders_missing(tmp
     for study, stems in {
         "figs": [
             "tables/accuracy", "tables/comparisons", "tables/proxy_agreement",
-            "tables/easy_hard_accuracy",
+            "tables/easy_hard_accuracy", "tables/sparse_fgsm_signal",
         ],
         "toy": ["tables/accuracy", "tables/comparisons"],
     }.items():  # fmt: skip
@@ -385,7 +387,7 @@ def test_every_table_and_figure_of_a_study_then_a_failed_run_renders_missing(tmp
         "figs": [
             "accuracy_vs_fraction", "clean_vs_robust", "hardness_examples",
             "hardness_distribution", "proxy_agreement", "feature_projection",
-            "easy_hard_accuracy", "top_vs_bottom",
+            "easy_hard_accuracy", "top_vs_bottom", "sparse_fgsm_signal",
         ],
         "toy": ["accuracy_vs_fraction", "clean_vs_robust", "decision_boundary"],
     }  # fmt: skip

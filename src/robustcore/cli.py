@@ -181,7 +181,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> None:
     from robustcore import data, models
     from robustcore.io import write_json
     from robustcore.runtime import resolve_device, seed_everything
-    from robustcore.sensitivity import sensitivity_table, write_sensitivity
+    from robustcore.sensitivity import flip_rates, sensitivity_table, write_sensitivity
 
     device = resolve_device(args.device)
     seed_everything(args.seed, args.threads)
@@ -193,12 +193,20 @@ def cmd_sensitivity(args: argparse.Namespace) -> None:
         model, loader, eps=args.params["eps"], ks=args.params["ks"], mode=args.params["mode"]
     )
     seconds = time.perf_counter() - started
+    flips = flip_rates(table)
     write_sensitivity(args.out, table)
     write_json(
         Path(args.out).with_suffix(".json"),
-        {"params": args.params, "n_rows": len(table), "wall_seconds": round(seconds, 3)},
+        {
+            "params": args.params,
+            "n_rows": len(table),
+            # Share of samples whose prediction flips at each k: near 0 everywhere, the
+            # invariance and robustness terms of ISEF/FGSM-CS/PSS carry no signal.
+            "flip_rate": {str(k): rate for k, rate in flips.items()},
+            "wall_seconds": round(seconds, 3),
+        },
     )
-    print(f"sparse FGSM: {len(table)} rows in {seconds:.2f} s -> {args.out}")
+    print(f"sparse FGSM: {len(table)} rows, flip rates {flips} in {seconds:.2f} s -> {args.out}")
 
 
 def cmd_coreset(args: argparse.Namespace) -> None:

@@ -33,7 +33,7 @@ SOURCES = {
 # The rules whose jobs run on a GPU (when the config's device is not cpu).
 GPU_RULES = (
     "train_proxy", "score_samples", "sparse_fgsm", "train_model", "evaluate_model",
-    "plot_feature_projection",
+    "plot_feature_projection", "plot_sparse_fgsm_signal",
 )  # fmt: skip
 # The rules whose jobs read the data through DataLoader workers (they get CPUs for them).
 WORKER_RULES = ("train_proxy", "train_model", "evaluate_model")
@@ -104,6 +104,15 @@ def job_flops(config: dict[str, Any], rule: str, wildcards: dict[str, str]) -> f
         arch = config["models"][study["model"]]["arch"]
         runs = len(study["figures"]["feature_projection"]["regimes"]) * len(study["seeds"])
         return runs * (n_train + n_test) * GFLOPS[arch] * 1e9
+    if rule == "plot_sparse_fgsm_signal":  # one gradient and |ks| forwards per ε and seed
+        study = config["studies"][wildcards["study"]]
+        n_train, _, _ = dataset_size(config["datasets"][study["dataset"]])
+        proxy = config["proxies"][study["proxy"]]
+        arch = config["models"][proxy["model"]]["arch"]
+        sparse = proxy["sparse_fgsm"]
+        per_sample = 3 + len(sparse["ks"])
+        runs = len(study["seeds"]) * (len(study["figures"]["sparse_fgsm_signal"]["eps"]) + 1)
+        return runs * n_train * per_sample * GFLOPS[arch] * 1e9
     if rule == "evaluate_model":
         attack = config["attacks"][wildcards["attack"]]
         points = min(attack.get("n_points") or n_test, n_test)

@@ -147,6 +147,13 @@ def sensitivity_table(
     return table.sort_values(["index", "k"], kind="stable").reset_index(drop=True)
 
 
+def flip_rates(frame: pd.DataFrame) -> dict[int, float]:
+    """Per k > 0, the share of samples whose Sparse-FGSM prediction differs from the clean one."""
+    preds = frame.pivot(index="index", columns="k", values="pred")
+    clean = preds[0].to_numpy()
+    return {int(k): float((preds[k].to_numpy() != clean).mean()) for k in preds.columns if k != 0}
+
+
 def prob_columns(frame: pd.DataFrame) -> list[str]:
     """The probability columns p0, p1, ... in class order (consecutive from p0)."""
     columns = []

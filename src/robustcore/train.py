@@ -22,7 +22,7 @@ from robustcore.data import Loader
 from robustcore.io import DivergedError, InputError
 from robustcore.precision import AUTOCAST, precision_of
 from robustcore.regimes import REGIMES, Regime, regime_of
-from robustcore.regimes.base import EpochPlan, StepContext
+from robustcore.regimes.base import IDLE_EPOCH, EpochPlan, StepContext
 from robustcore.runtime import show_progress
 
 # Called after each step with (index, logits, labels, per-sample losses, per-sample input grads).
@@ -266,6 +266,18 @@ def _train_epoch(
     seen = 0
     lr = optimizer.param_groups[0]["lr"]
     plan = run.before_epoch(epoch) if run.before_epoch is not None else None
+    if plan is IDLE_EPOCH:
+        run.scheduler.step()
+        run.log.append(
+            {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": float("nan"),  # idle: nothing trained
+                "train_acc": float("nan"),
+                "seconds": time.perf_counter() - run.started,
+            }
+        )
+        return loader, weights
     if plan is not None:
         loader, weights = plan
     for index, x, y in loader.epoch(shuffle=True, generator=generator):

@@ -306,6 +306,7 @@ def study_outputs(name):
         "feature_projection",
         "easy_hard_accuracy",
         "top_vs_bottom",
+        "sparse_fgsm_signal",
     ):
         if kind in figures:
             files.append(f"{root}/figures/{kind}.png")
@@ -322,6 +323,25 @@ def score_file(study, proxy, seed, score):
 
 def proxy_dir(study, proxy, seed):
     return f"results/proxy/{study['dataset']}/{proxy}/seed{seed}"
+
+
+def sparse_fgsm_signal_params(wildcards):
+    """Inputs of the Sparse-FGSM signal table: every seed's proxy, its attack settings, the ε list."""
+    study = config["studies"][wildcards.study]
+    entry = study["figures"]["sparse_fgsm_signal"]
+    proxy = config["proxies"][study["proxy"]]
+    attack = proxy["sparse_fgsm"]
+    return {
+        "data": f"results/data/{study['dataset']}",
+        "seeds": study["seeds"],
+        "proxies": [
+            f"{proxy_dir(study, study['proxy'], s)}/model.pt" for s in study["seeds"]
+        ],
+        "eps": sorted({*entry["eps"], attack["eps"]}),
+        "ks": attack["ks"],
+        "mode": attack["mode"],
+        "alpha": config["scores"][entry["score"]].get("alpha", 0.5),
+    }
 
 
 def hardness_params(wildcards):

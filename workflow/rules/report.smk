@@ -221,6 +221,40 @@ rule plot_feature_projection:
         "--out results/report/{wildcards.study} > {log} 2>&1"
 
 
+rule plot_sparse_fgsm_signal:
+    input:
+        lambda wc: figure_inputs(sparse_fgsm_signal_params(wc)),
+    output:
+        png=report(
+            "results/report/{study}/figures/sparse_fgsm_signal.png",
+            caption="../report/sparse_fgsm_signal.rst",
+            category="{study}",
+            subcategory="figures",
+            labels={"kind": "figure", "name": "sparse FGSM signal"},
+        ),
+        pdf="results/report/{study}/figures/sparse_fgsm_signal.pdf",
+        table_csv="results/report/{study}/tables/sparse_fgsm_signal.csv",
+        table_md="results/report/{study}/tables/sparse_fgsm_signal.md",
+        table_tex="results/report/{study}/tables/sparse_fgsm_signal.tex",
+    log:
+        "logs/plot_sparse_fgsm_signal/{study}.log",
+    benchmark:
+        "logs/benchmarks/plot_sparse_fgsm_signal/{study}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: job_threads("plot_sparse_fgsm_signal")
+    resources:
+        runtime=job_runtime("plot_sparse_fgsm_signal"),
+        mem_mb=job_mem_mb("plot_sparse_fgsm_signal"),
+        gpu=job_gpus("plot_sparse_fgsm_signal"),
+    params:
+        code=code_version("figure"),
+        figure=lambda wc: ordered_json(sparse_fgsm_signal_params(wc)),
+    shell:
+        "python -m robustcore figure --kind sparse_fgsm_signal --params {params.figure:q} "
+        "--out results/report/{wildcards.study} > {log} 2>&1"
+
+
 rule plot_easy_hard_accuracy:
     input:
         lambda wc: figure_inputs(easy_hard_params(wc)),

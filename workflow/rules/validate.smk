@@ -247,6 +247,15 @@ def check_figures(key, study):
             config_error(
                 f"{key}.easy_hard_accuracy.attack", entry["attack"], study["attacks"]
             )
+    if "sparse_fgsm_signal" in figures:
+        entry = figures["sparse_fgsm_signal"]
+        check_reference(f"{key}.sparse_fgsm_signal.score", entry["score"], "scores")
+        proxy = config["proxies"].get(study.get("proxy"), {})
+        if not proxy.get("sparse_fgsm"):
+            raise ValueError(
+                f"config error: {key}.sparse_fgsm_signal needs the study's proxy "
+                f"{study.get('proxy')!r} to have a sparse_fgsm entry (eps, ks, mode)"
+            )
     if "top_vs_bottom" in figures:
         for score in figures["top_vs_bottom"]["scores"]:
             if score not in study["scores"]:

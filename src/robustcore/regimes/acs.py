@@ -69,12 +69,21 @@ Algorithm, as implemented
    the (uniform within a batch) weights cancel in the batch's normalised mean: its batch-wise
    training is effectively unweighted — ``weighted=False`` reproduces that.
 
-Not reproduced: the reference also leaves epochs ``T_w+1 .. int(kappa·E)`` idle, so that a run of
-``E`` epochs spends the same budget as ``E`` coreset epochs; ``fit`` runs every epoch, so here
-the coreset phase starts right after the warm start (to match a reference run of ``E`` epochs set
-``epochs = E − int(kappa·E) + T_w`` and ``warm_start_epochs = T_w``). Its selection attack runs
-with BatchNorm in train mode (PGD objective); here eval mode. The paper's text could not be
-consulted here; the details above follow the reference code.
+Epoch plan, ``epoch_plan="reference"`` (default; ``scripts/robust_train_linf.py`` of the
+reference, CRAIGPB-Warm / GradMatchPB-Warm: ``kappa_epochs = int(kappa * E)``, ``full_epochs =
+round(kappa_epochs * fraction)``, full data ``if i < full_epochs``, coreset ``elif i >=
+kappa_epochs``, selection ``if i % select_every == 0 and i >= kappa_epochs``, 0-based ``i``):
+epochs ``1..T_w`` train on all samples; epochs ``T_w+1 .. K`` (``K = int(kappa·E)``) are idle —
+no step, nothing counted, the learning-rate schedule still advances, as the reference's
+per-epoch learning rate follows the absolute epoch; epochs ``K+1 .. E`` train on the coreset,
+re-selected at the 1-based epochs ``e`` with ``(e − 1) % freq == 0``; coreset epochs before the
+first selection train on a seeded uniform random subset of ``round(fraction·N)`` samples with
+unit weights (the reference's ``start_idxs``). So a run of ``E`` epochs trains ``T_w`` full and
+``E − K`` coreset epochs (E = 200, κ = 0.5, f = 0.1: 10 and 100). ``epoch_plan="compact"`` (this
+project's earlier reading) has no idle epochs: the first selection is at ``T_w + 1`` and every
+``freq`` epochs after it, and every epoch after the warm start trains on the coreset.
+Not reproduced: the reference's selection attack runs with BatchNorm in train mode (PGD
+objective); here eval mode.
 
 Cost: every pass of the selection is counted under purpose ``"selection"``: per candidate batch
 of ``n`` samples, ``steps·n`` forward+backward attack passes (``cost.attack_steps += steps`` per
@@ -102,6 +111,7 @@ from robustcore.io import DivergedError, InputError
 from robustcore.perturb import NORMS, pgd
 from robustcore.probe import ProbeData, last_linear
 from robustcore.regimes.base import (
+    IDLE_EPOCH,
     REGIMES,
     Regime,
     StepContext,
@@ -119,6 +129,7 @@ METHODS = ("craig", "gradmatch")
 INNER_STEPS = {"pgd": pgd_step, "trades": trades_step}
 ADV_LOSSES = tuple(INNER_STEPS)
 PURPOSE = "selection"
+EPOCH_PLANS = ("reference", "compact")
 _RIDGE_FLOOR = 1e-8  # relative ridge added to GradMatch's lam (positive-definite NNLS system)
 _ZERO_WEIGHT = 1e-6  # weights below this share of the largest count as 0 (ridge rounding)
 _PROBE_SCALE = 1e-6  # q / RMS gradient norm of the synthetic probe (offset 2q² is negligible)
@@ -128,6 +139,7 @@ DEFAULTS: dict[str, Any] = {
     "fraction": 0.5,  # coreset share of the training samples (reference README example: 0.5)
     "method": "craig",  # "craig" or "gradmatch"
     "freq": 20,  # re-select every freq epochs (reference README: --freq 20)
+    "epoch_plan": "reference",  # "reference": full, idle, coreset epochs as the reference code
     "warm_start_epochs": None,  # None: round(fraction * int(kappa * epochs)), the reference rule
     "kappa": 0.5,  # warm-start factor of that rule (reference README example: 0.5)
     "adv_loss": "pgd",  # training objective and selection loss: "pgd" or "trades"
@@ -152,7 +164,9 @@ class AcsParams:
     fraction: float
     method: str
     freq: int
+    epoch_plan: str
     warm_start_epochs: int
+    kappa_epochs: int  # K = int(kappa · epochs): the coreset phase starts after it (reference)
     adv_loss: str
     eps: float
     norm: str
@@ -206,9 +220,13 @@ def check_params(spec: dict[str, Any]) -> AcsParams:
         raise _bad("norm", "'linf' with adv_loss 'trades' (TRADES' attack is ℓ∞)", s["norm"])
     beta = _real("beta", s["beta"], 0.0)
     kappa = _real("kappa", s["kappa"], 0.0, 1.0)
+    if s["epoch_plan"] not in EPOCH_PLANS:
+        raise _bad("epoch_plan", f"one of {list(EPOCH_PLANS)}", s["epoch_plan"])
+    kappa_epochs = 0
+    if s["epoch_plan"] == "reference" or s["warm_start_epochs"] is None:
+        kappa_epochs = int(kappa * _integer("epochs", s.get("epochs"), 0))
     if s["warm_start_epochs"] is None:
-        epochs = _integer("epochs", s.get("epochs"), 0)
-        warm = round(fraction * int(kappa * epochs))
+        warm = round(fraction * kappa_epochs)  # Python's round, as the reference: round(2.5) = 2
     else:
         warm = _integer("warm_start_epochs", s["warm_start_epochs"], 0)
     sel_steps = steps
@@ -224,7 +242,9 @@ def check_params(spec: dict[str, Any]) -> AcsParams:
         fraction=fraction,
         method=str(s["method"]),
         freq=freq,
+        epoch_plan=str(s["epoch_plan"]),
         warm_start_epochs=int(warm),
+        kappa_epochs=kappa_epochs,
         adv_loss=str(s["adv_loss"]),
         eps=eps,
         norm=str(s["norm"]),
@@ -237,9 +257,24 @@ def check_params(spec: dict[str, Any]) -> AcsParams:
 
 
 def is_selection_epoch(epoch: int, warm_start_epochs: int, freq: int) -> bool:
-    """True at epoch T_w + 1 and every `freq` epochs after it (epochs are 1-based)."""
+    """Compact schedule: True at epoch T_w + 1 and every `freq` epochs after (1-based)."""
     after = epoch - warm_start_epochs - 1
     return after >= 0 and after % freq == 0
+
+
+def epoch_kind(epoch: int, params: AcsParams) -> str:
+    """What a 1-based epoch does: "full", "idle", "initial" (random subset), "select", "coreset"."""
+    if epoch <= params.warm_start_epochs:
+        return "full"
+    if params.epoch_plan == "compact":
+        selects = is_selection_epoch(epoch, params.warm_start_epochs, params.freq)
+        return "select" if selects else "coreset"
+    if epoch <= params.kappa_epochs:
+        return "idle"
+    if (epoch - 1) % params.freq == 0:
+        return "select"
+    first_coreset = max(params.kappa_epochs, params.warm_start_epochs) + 1
+    return "initial" if epoch == first_coreset else "coreset"
 
 
 # ------------------------------------------------------------------------------ gradients
@@ -483,10 +518,16 @@ class AcsPlan:
             for h in state["history"]
         ]
 
-    def __call__(self, epoch: int) -> tuple[Loader, torch.Tensor | None] | None:
-        """The coreset loader and weights at a selection epoch, else None (keep the last)."""
+    def __call__(self, epoch: int) -> tuple[Loader, torch.Tensor | None] | object | None:
+        """The coreset and weights at a selection epoch, IDLE_EPOCH, else None (keep the last)."""
         p = self.params
-        if not is_selection_epoch(epoch, p.warm_start_epochs, p.freq):
+        kind = epoch_kind(epoch, p)
+        if kind == "idle":
+            return IDLE_EPOCH
+        if kind == "initial":  # the reference's start_idxs: uniform, unit weights
+            rows = np.random.default_rng([self.seed, 1]).choice(self.pool, self.target, False)
+            return _like(self.loader, np.sort(rows)), None
+        if kind != "select":
             return None
         started = time.perf_counter()
         if self.candidates is None:  # the fixed partition, in candidate order

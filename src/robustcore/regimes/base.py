@@ -43,8 +43,11 @@ class StepResult:
 Step = Callable[[nn.Module, torch.Tensor, torch.Tensor, StepContext], StepResult]
 
 
+# What an epoch plan returns for an epoch that trains nothing (ACS's reference schedule); the
+# learning-rate schedule still advances.
+IDLE_EPOCH = object()
 # Called before each epoch; may return the loader for that epoch and per-sample weights (indexed
-# by sample row), e.g. a coreset re-selected during training.
+# by sample row), e.g. a coreset re-selected during training, or IDLE_EPOCH.
 EpochPlan = Callable[[int], "tuple[Loader, torch.Tensor | None] | None"]
 # Builds a regime's EpochPlan: (model, the loader of all training samples, spec, generator, cost).
 PlanFactory = Callable[[nn.Module, Loader, dict[str, Any], torch.Generator, "Cost"], EpochPlan]

@@ -26,6 +26,7 @@ from robustcore.regimes.crafting import RunningStatsKept, pgd_attack
 from robustcore.regimes.grad_similarity import gradmatch_similarity
 
 CRITERIA = ("margin", "gradmatch", "random")
+SAMPLINGS = ("multinomial", "topk")
 
 
 @register_regime(
@@ -40,7 +41,16 @@ CRITERIA = ("margin", "gradmatch", "random")
     norm="linf",
     random_start=True,
     attack_mode="eval",
-    rules={"criterion": (lambda v: v in CRITERIA, f"one of {list(CRITERIA)}")},
+    gradmatch_sampling="multinomial",
+    gradmatch_threshold=0.0,
+    rules={
+        "criterion": (lambda v: v in CRITERIA, f"one of {list(CRITERIA)}"),
+        "gradmatch_sampling": (lambda v: v in SAMPLINGS, f"one of {list(SAMPLINGS)}"),
+        "gradmatch_threshold": (
+            lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and -1 <= v < 1,
+            "a number in [-1, 1)",
+        ),
+    },
 )
 def selective_step(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: StepContext
@@ -51,7 +61,11 @@ def selective_step(
     criterion reads; m samples are chosen (epochs 1..warmup_epochs: uniformly at random), PGD
     attacks them, and one train-mode forward of the subset gives the adversarial term. Both
     means are weighted by sample_weight. Criteria: ``margin`` samples without replacement with
-    probability ∝ 1/(|margin| + 1e-6); ``gradmatch`` keeps the top-m by `gradmatch_similarity`;
+    probability ∝ 1/(|margin| + 1e-6); ``gradmatch`` samples without replacement with
+    probability ∝ max(cos − τ, 0) of each sample's gradient to the batch gradient
+    (`gradmatch_similarity`; τ = ``gradmatch_threshold``), the paper's §3.2 pipeline (cosine
+    similarity, thresholding to weights, normalisation, multinomial draw; uniform if no weight
+    is positive), or keeps the top-m by cosine with ``gradmatch_sampling="topk"``;
     ``random`` is uniform. BatchNorm running statistics move once per batch, with the clean
     batch; the subset forward normalizes with its own batch statistics but leaves them alone.
     λ = 1 by default; the paper's public code used λ = 0.2. Logged logits are the clean ones;
@@ -64,7 +78,7 @@ def selective_step(
     ctx.cost.add("update", n)
     clean = cross_entropy(logits, y)
     criterion = "random" if ctx.epoch <= p["warmup_epochs"] else p["criterion"]
-    chosen = select_subset(model, x, y, logits.detach(), m, criterion, ctx)
+    chosen = select_subset(model, x, y, logits.detach(), m, criterion, ctx, p)
     x_adv = pgd_attack(model, x[chosen], y[chosen], ctx, p)
     adv_logits = RunningStatsKept(model)(x_adv)
     ctx.cost.add("update", m)
@@ -85,6 +99,7 @@ def select_subset(
     m: int,
     criterion: str,
     ctx: StepContext,
+    params: dict | None = None,
 ) -> torch.Tensor:
     """Indices (on x's device) of the m samples the criterion picks, drawn from ctx.generator."""
     n = len(y)
@@ -96,7 +111,31 @@ def select_subset(
     elif criterion == "gradmatch":
         similarity = gradmatch_similarity(model, x, y)
         ctx.cost.add("select", n)
-        chosen = similarity.topk(m).indices
+        params = params or {}
+        chosen = gradmatch_choice(
+            similarity,
+            m,
+            ctx.generator,
+            sampling=params.get("gradmatch_sampling", "multinomial"),
+            threshold=params.get("gradmatch_threshold", 0.0),
+        )
     else:
         raise InputError(f"selective criterion {criterion!r} unknown; expected one of {CRITERIA}")
     return chosen.to(x.device)
+
+
+def gradmatch_choice(
+    similarity: torch.Tensor,
+    m: int,
+    generator: torch.Generator,
+    *,
+    sampling: str = "multinomial",
+    threshold: float = 0.0,
+) -> torch.Tensor:
+    """m sample positions from gradient/batch-gradient cosines: a weighted draw, or the top m."""
+    if sampling == "topk":
+        return similarity.topk(m).indices
+    weights = (similarity.double().cpu() - threshold).clamp_min(0.0)
+    if int((weights > 0).sum()) < m:  # too few positive weights to draw m: pad uniformly
+        weights = weights + (weights.sum() + 1.0) * 1e-9
+    return torch.multinomial(weights / weights.sum(), m, generator=generator)

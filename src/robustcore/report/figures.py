@@ -692,3 +692,24 @@ def easy_hard_accuracy(
     fig.tight_layout()
     _save(fig, stem)
     return table
+
+
+def sparse_fgsm_signal(rates: pd.DataFrame, stem: Path) -> None:
+    """Flip rate against k, one line per ε (mean ± std over seeds), from a signal table."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    ks = sorted(int(c.removeprefix("flip_k")) for c in rates.columns if c.startswith("flip_k"))
+    for i, (eps, group) in enumerate(rates.groupby("eps", sort=True)):
+        values = group[[f"flip_k{k}" for k in ks]].to_numpy(dtype=np.float64)
+        ax.errorbar(
+            ks, values.mean(0), yerr=values.std(0, ddof=1) if len(values) > 1 else None,
+            marker="os^Dv"[i % 5], capsize=3, label=f"ε = {eps:.4g}",
+        )  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k (perturbed positions)")
+    ax.set_ylabel("share of training samples whose prediction flips")
+    ax.set_ylim(bottom=0)
+    ax.legend(frameon=False)
+    ax.set_title("Sparse FGSM on the proxy: does it flip anything?")
+    _save(fig, stem)

@@ -22,6 +22,7 @@ FIGURES = {
     "feature_projection": [("feature_projection", "Fig. 5: penultimate features, easy vs hard")],
     "easy_hard_accuracy": [("easy_hard_accuracy", "Fig. 6: robust accuracy by test hardness")],
     "top_vs_bottom": [("top_vs_bottom", "top vs bottom variants over fractions")],
+    "sparse_fgsm_signal": [("sparse_fgsm_signal", "Sparse FGSM flip rates per k and ε")],
 }
 # The numbers behind a figure: a table (CSV, Markdown, LaTeX) or a JSON file.
 FIGURE_DATA = {
@@ -33,6 +34,8 @@ FIGURE_DATA = {
     "easy_hard_accuracy": ["tables/easy_hard_accuracy.csv", "tables/easy_hard_accuracy.md",
                            "tables/easy_hard_accuracy.tex", "tables/easy_hard_accuracy_diffs.csv"],
     "top_vs_bottom": [],
+    "sparse_fgsm_signal": ["tables/sparse_fgsm_signal.csv", "tables/sparse_fgsm_signal.md",
+                           "tables/sparse_fgsm_signal.tex"],
 }  # fmt: skip
 
 

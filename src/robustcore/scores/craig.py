@@ -12,8 +12,10 @@ DeepCore), so the global greedy is the merge of the per-class sequences by margi
 nearest medoid became this sample when it was picked. CRAIG's training weight ``gamma_j`` (how many
 samples have ``j`` as their nearest medoid in the final set) depends on the prefix length, so it
 cannot be stored once for every prefix; :func:`craig_weights` computes it for an actual coreset.
-DeepCore computes its gradients as CE of ``softmax(logits)`` (a double softmax); ours are the true
-CE gradients ``p - y``.
+DeepCore's gradients were those of CE of ``softmax(logits)`` (a double softmax) until its commit
+ca3fb21; they are now those of the batch-averaged loss, ``(p - y) / B`` with ``B`` the size of
+the sample's selection batch (larger for a class's last, partial batch). Ours are each sample's
+own CE gradients ``p - y``.
 """
 
 from __future__ import annotations

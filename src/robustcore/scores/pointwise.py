@@ -17,8 +17,12 @@ What DeepCore (Guo et al. 2022) does differently, where it matters:
 - Forgetting: DeepCore counts events on training minibatches and gives never-learned samples
   0 events (they rank with the unforgettable); Toneva et al. count them as forgotten infinitely
   often. Ours gives them +inf.
-- GraNd: DeepCore differentiates the cross-entropy of softmax(logits) (a double softmax), so its
-  "gradient" is not the loss gradient; ours uses the true last-layer loss gradient.
+- GraNd: DeepCore took the cross-entropy of softmax(logits) (a double softmax) until its commit
+  ca3fb21 (January 2023). Its current code takes the gradient of the batch-*averaged* loss
+  (``nn.CrossEntropyLoss()`` with mean reduction in earlytrain.py), so each sample's gradient is
+  divided by its batch's size, which inflates the last, partial batch of each class 1 / (batch
+  fraction) times (CIFAR-10, selection batch 256: 80 samples, 3.2×). Ours uses each sample's own
+  last-layer loss gradient.
 """
 
 from __future__ import annotations

@@ -160,7 +160,9 @@ def test_acs_plan_state_survives_a_resume(tmp_path):
 
     whole, _ = run(tmp_path / "whole")
     with pytest.raises(checkpoint.Preempted):
-        run(tmp_path / "cut", _stop_at(3))  # after the epoch-3 selection, before the next
+        # ACS's reference plan here: epochs 1-2 full, 3 idle, 4 a random subset, 5 a selection,
+        # 6 the same coreset: stopped after the selection, the resume must restore it.
+        run(tmp_path / "cut", _stop_at(5))
     resumed, (log, _) = run(tmp_path / "cut")
     assert [row["epoch"] for row in log] == list(range(1, 7))
     for key, value in whole.state_dict().items():

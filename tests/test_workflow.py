@@ -438,7 +438,7 @@ def test_every_table_and_figure_of_a_study_then_a_failed_run_renders_missing(tmp
     assert "decision regions and boundary" in page, "figure captions are in the report"
 
 
-PRESET_JOBS = {"cifar10": 5100, "cifar100": 5100, "mnist": 184, "imagenet": 91}
+PRESET_JOBS = {"cifar10": 5218, "cifar100": 5218, "mnist": 208, "imagenet": 91}
 
 
 @pytest.mark.parametrize("preset", sorted(PRESET_JOBS))

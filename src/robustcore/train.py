@@ -268,15 +268,16 @@ def _train_epoch(
     plan = run.before_epoch(epoch) if run.before_epoch is not None else None
     if plan is IDLE_EPOCH:
         run.scheduler.step()
-        run.log.append(
-            {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": float("nan"),  # idle: nothing trained
-                "train_acc": float("nan"),
-                "seconds": time.perf_counter() - run.started,
-            }
-        )
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": float("nan"),  # idle: nothing trained
+            "train_acc": float("nan"),
+            "seconds": time.perf_counter() - run.started,
+        }
+        if run.after_epoch is not None:
+            row.update(run.after_epoch(epoch) or {})
+        run.log.append(row)
         return loader, weights
     if plan is not None:
         loader, weights = plan

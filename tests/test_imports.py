@@ -2,58 +2,14 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "robustcore"
+from robustcore import codegraph
 
 
-def module_names(root: Path = PACKAGE) -> dict[str, Path]:
-    """Dotted name -> file of every module of the package (a package is its __init__)."""
-    names = {}
-    for path in root.rglob("*.py"):
-        parts = path.relative_to(root.parent).with_suffix("").parts
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        names[".".join(parts)] = path
-    return names
-
-
-def imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The package modules `name` imports anywhere in its file, with the packages that run."""
-    is_package = path.name == "__init__.py"
-    targets: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            targets.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: resolve against the importing module's package
-                anchor = name.split(".")
-                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
-                base = ".".join([*anchor, base] if base else anchor)
-            targets.add(base)
-            # `from pkg import sub` imports the submodule pkg.sub.
-            targets.update(f"{base}.{alias.name}" for alias in node.names)
-    edges = set()
-    for target in targets:
-        if target not in modules:
-            continue
-        edges.add(target)
-        # Importing a.b.c first runs the packages a and a.b, unless the importer is inside them.
-        parts = target.split(".")
-        for depth in range(1, len(parts)):
-            parent = ".".join(parts[:depth])
-            if parent in modules and not (name == parent or name.startswith(parent + ".")):
-                edges.add(parent)
-    edges.discard(name)
-    return edges
-
-
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the package modules it imports."""
-    modules = module_names()
-    return {name: imported(name, path, modules) for name, path in modules.items()}
+def import_graph(root: Path = codegraph.PACKAGE_DIR) -> dict[str, set[str]]:
+    """Module -> the package modules it imports (codegraph's walk: functions and parents too)."""
+    return {name: set(codegraph.imports_of(name, root)[0]) for name in codegraph.modules(root)}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -95,14 +51,12 @@ def test_cycle_finder_sees_function_level_and_parent_package_imports(tmp_path):
     (pkg / "sub" / "leaf.py").write_text("X = 1\n")
     (pkg / "top.py").write_text("def f():\n    from robustcore.sub.leaf import X\n    return X\n")
     (pkg / "low.py").write_text("import robustcore.top\n")
-    modules = module_names(pkg)
-    graph = {name: imported(name, path, modules) for name, path in modules.items()}
+    graph = import_graph(pkg)
     assert find_cycle(graph) is None
     assert graph["robustcore.top"] == {"robustcore.sub.leaf", "robustcore.sub"}
     # The leaf now imports `low` inside a function: leaf -> low -> top -> sub(.leaf) -> leaf.
     (pkg / "sub" / "leaf.py").write_text("def g():\n    from robustcore import low\n")
-    modules = module_names(pkg)
-    graph = {name: imported(name, path, modules) for name, path in modules.items()}
+    graph = import_graph(pkg)
     cycle = find_cycle(graph)
     assert cycle is not None and "robustcore.low" in cycle and cycle[0] == cycle[-1]
 

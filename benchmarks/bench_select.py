@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             builds, solves, totals, greedys, same = [], [], [], [], True
             for _ in range(args.repeat):
                 t = time.perf_counter()
-                kept, info = sel.select(index, labels, score, f)
+                kept, info = sel.select(index, labels, score, f, solver="ilp")
                 totals.append(time.perf_counter() - t)
                 builds.append(info["build_seconds"])
                 solves.append(info["solve_seconds"])

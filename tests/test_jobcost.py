@@ -72,3 +72,13 @@ def test_cpus_memory_and_gpus(cifar10):
     assert jobcost.mem_mb(cifar10, "train_model", _train("full")) == pytest.approx(
         base + arrays_mb, abs=1
     )
+
+
+def test_proxy_job_memory_holds_its_probe():
+    """The proxy job ends with the probe pass: N × (d + C) float32 (ImageNet: 15.6 GB)."""
+    imagenet = yaml.safe_load((REPO / "presets" / "imagenet.yaml").read_text())
+    validate(imagenet, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    wildcards = {"dataset": "imagenet", "proxy": "resnet50", "seed": "0"}
+    probe_mb = 1_281_167 * (2048 + 1000) * 4 / 2**20
+    base = imagenet["job_resources"]["mem_mb"]["train_proxy"]
+    assert jobcost.mem_mb(imagenet, "train_proxy", wildcards) >= base + probe_mb

@@ -42,3 +42,16 @@ def test_probe_matches_single_sample_head_gradients(tmp_path):
     again = load_probe(tmp_path / "probe.npz")
     assert np.array_equal(again.features, probe.features)
     assert np.array_equal(again.last_weight, head.weight.detach().numpy())
+
+
+def test_probe_of_an_unsorted_subset_puts_each_sample_in_its_sorted_row():
+    model, split = _model_and_split()
+    subset = np.array([17, 3, 29, 8, 0, 22, 11])
+    probe = run_probe(model, data.Loader(split, 3, indices=subset))
+    assert list(probe.index) == sorted(subset.tolist())
+    assert list(probe.labels) == list(split.labels[np.sort(subset)])
+    x = torch.tensor(split.images[np.sort(subset)], dtype=torch.float32) / 255
+    with torch.no_grad():
+        np.testing.assert_allclose(probe.logits, model(x).numpy(), rtol=1e-5, atol=1e-6)
+    expected = probe.features @ probe.last_weight.T + probe.last_bias
+    np.testing.assert_allclose(probe.logits, expected, rtol=1e-4, atol=1e-5)

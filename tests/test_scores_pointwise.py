@@ -116,7 +116,7 @@ def test_registered_with_the_papers_natural_end_and_needs():
         "max_iter": 50,
         "overshoot": 0.02,
         "batch_size": 256,
-        "top_classes": None,
+        "top_classes": 10,  # the DeepFool reference code's num_classes (LTS4/DeepFool)
     }
 
 
@@ -395,6 +395,55 @@ def test_deepfool_multiclass_linear_and_top_classes():
     assert expected_top2[0] > 1.3 * expected_all[0]  # the runner-up is not the nearest boundary
 
 
+class Counted(nn.Module):
+    """Wraps a model and records, per backward to the input, how many samples it covered."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.backwards = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            x.register_hook(lambda g: self.backwards.append(len(g)))
+        return self.inner(x)
+
+
+def mlp(classes: int, seed: int) -> nn.Module:
+    """A small tanh MLP: DeepFool needs more than one step on it."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, classes))
+
+
+@pytest.mark.parametrize("classes", [3, 10])
+def test_deepfool_default_candidates_are_every_class_up_to_ten(classes):
+    """With C ≤ 10 the default's 10 candidates are all classes: the same result as None."""
+    x = np.random.default_rng(classes).normal(size=(24, 6))
+    inputs = model_inputs(Counted(mlp(classes, seed=classes)), x)
+    default = run("deepfool", inputs, batch_size=24)
+    per_iteration = len(inputs.model.backwards) / default["iterations"].max()
+    inputs.model.backwards.clear()
+    every = run("deepfool", inputs, batch_size=24, top_classes=None)
+    pd.testing.assert_frame_equal(default, every)
+    assert default["flipped"].all() and default["iterations"].max() > 1
+    assert per_iteration == classes  # one backward per class and iteration
+
+
+def test_deepfool_default_takes_ten_candidate_gradients_above_ten_classes():
+    """15 classes: 10 backwards per iteration by default, 15 with None (all classes)."""
+    x = np.random.default_rng(3).normal(size=(16, 6))
+    model = Counted(mlp(15, seed=4))
+    inputs = model_inputs(model, x)
+    result = run("deepfool", inputs, batch_size=16, max_iter=1)
+    assert model.backwards == [16] * 10  # one iteration: the whole batch, 10 candidate classes
+    model.backwards.clear()
+    run("deepfool", inputs, batch_size=16, max_iter=1, top_classes=None)
+    assert model.backwards == [16] * 15
+    model.backwards.clear()
+    ten = run("deepfool", inputs, batch_size=16, top_classes=10)
+    pd.testing.assert_frame_equal(run("deepfool", inputs, batch_size=16), ten)
+    assert result["iterations"].tolist() == [1] * 16
+
+
 def test_deepfool_matches_single_sample_reference_and_restores_the_model():
     """BatchNorm MLP left in train mode: batched DeepFool equals the per-sample loop (eval)."""
     torch.manual_seed(0)
@@ -448,6 +497,8 @@ def test_deepfool_rejects_bad_params():
         ({"batch_size": 0}, "batch_size"),
         ({"overshoot": -0.1}, "overshoot"),
         ({"top_classes": 1}, "top_classes"),
+        ({"top_classes": 2.5}, "top_classes"),
+        ({"top_classes": True}, "top_classes"),
         ({"steps": 3}, "steps"),
     ]:
         with pytest.raises(InputError, match=key):

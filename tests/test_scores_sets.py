@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import math
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 from scipy.optimize import nnls as scipy_nnls
 
+import robustcore.scores.contextual_diversity as contextual_diversity
+import robustcore.scores.gradmatch as gradmatch
 import robustcore.scores.greedy as greedy
 from robustcore.io import InputError
 from robustcore.probe import ProbeData
@@ -289,6 +294,88 @@ def test_contextual_diversity_matches_reference(per_class, masked):
         assert np.array_equal(order, k_center_reference(rows, order[0], dist))
 
 
+def elementwise_kl_row(log_p: np.ndarray, pred: np.ndarray | None):
+    """The former per-row form: 0.5 * sum_k (p_ik - p_jk)(log p_ik - log p_jk), elementwise."""
+    p = np.exp(log_p)
+
+    def row(j: int) -> np.ndarray:
+        d = 0.5 * ((p - p[j]) * (log_p - log_p[j])).sum(axis=1)
+        return d if pred is None else np.where(pred == pred[j], d, 0.0)
+
+    return row
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+@pytest.mark.parametrize("dense", [True, False])
+def test_contextual_diversity_products_equal_the_elementwise_form(classes, dense, monkeypatch):
+    """Matrix-product rows (GEMV per pick, or the precomputed matrix) against the elementwise
+    form: entries agree to rounding, the diagonal and exact duplicates are exactly 0, nothing
+    is negative, and the k-center pick order is identical (masked or not)."""
+    monkeypatch.setattr(contextual_diversity, "DENSE_WORK", 0 if dense else 10**9)
+    rng = np.random.default_rng(classes)
+    n = 400
+    for scale in (0.3, 3.0, 30.0):
+        z = rng.normal(scale=scale, size=(n, classes))
+        z[300:340] = z[:40]  # exact duplicates
+        log_p = greedy.log_softmax(z)
+        pred = log_p.argmax(axis=1)
+        for mask in (None, pred):
+            new = contextual_diversity.symmetric_kl_rows(log_p, mask)
+            old = elementwise_kl_row(log_p, mask)
+            picks = [0, 5, 39, 123, 300, 399]
+            got, ref = np.stack([new(j) for j in picks]), np.stack([old(j) for j in picks])
+            np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13 * ref.max())
+            assert (got >= 0).all()
+            assert (got[np.arange(len(picks)), picks] == 0).all()
+            assert (got[0, 300] == 0) and (got[4, 0] == 0) and (got[2, 339] == 0)  # duplicates
+            order_new, radius_new = greedy.k_center(new, n, 7, n)
+            order_old, radius_old = greedy.k_center(old, n, 7, n)
+            assert np.array_equal(order_new, order_old), (scale, mask is None)
+            np.testing.assert_allclose(
+                radius_new["distance"], radius_old["distance"], rtol=1e-9, atol=1e-15
+            )
+
+
+@pytest.mark.parametrize("per_class", [True, False])
+def test_contextual_diversity_dense_and_per_pick_rows_give_the_same_order(per_class, monkeypatch):
+    """The precomputed matrix and the per-pick rows are the same distances: the same order."""
+    inputs = make_inputs(seed=16, sizes=(30, 25), scale=0.8)
+    monkeypatch.setattr(contextual_diversity, "DENSE_WORK", 0)
+    dense = run("contextual_diversity", inputs, per_class=per_class, seed=4)
+    monkeypatch.setattr(contextual_diversity, "DENSE_WORK", 10**9)
+    per_pick = run("contextual_diversity", inputs, per_class=per_class, seed=4)
+    assert np.array_equal(dense["score"], per_pick["score"])
+    # rounding of the expansion is absolute (~1e-16 of the entropies), not relative
+    np.testing.assert_allclose(dense["distance"], per_pick["distance"], rtol=1e-9, atol=1e-14)
+
+
+def test_contextual_diversity_mean_start_with_an_underflowed_class():
+    """A class whose probability underflows to 0 for every sample: the mean start must still
+    be the sample nearest the mean prediction (log 0 gave NaN distances, and argmin took row 0)."""
+    rng = np.random.default_rng(17)
+    logits = rng.normal(size=(20, 3))
+    logits[:, 2] = -2000.0  # exp underflows to exactly 0 everywhere
+    logits[0] = [4.0, -4.0, -2000.0]  # row 0: far from the mean
+    features = np.abs(rng.normal(size=(20, 4)))
+    inputs = make_inputs(features=features, labels=np.zeros(20))
+    probe = inputs.probe
+    head = ProbeData(
+        probe.index,
+        probe.labels,
+        probe.features,
+        logits.astype(np.float32),
+        probe.last_weight[:1].repeat(3, 0),
+        probe.last_bias[:1].repeat(3, 0),
+    )
+    inputs = ScoreInputs(inputs.index, inputs.labels, probe=head)
+    p = greedy.log_softmax(logits.astype(np.float32).astype(np.float64))
+    p = np.exp(p[:, :2])
+    mean = p.mean(axis=0)
+    expected = int(np.argmin(((p - mean) * (np.log(p) - np.log(mean))).sum(axis=1)))
+    order = orders(run("contextual_diversity", inputs, init="mean"), inputs, True)[0]
+    assert order[0] == expected != 0
+
+
 def test_contextual_diversity_survives_saturated_softmax():
     """Logit gaps beyond float64's exp range: probabilities are exact zeros, where p log(p / q)
     is NaN; the distance is taken from log-softmax, so every radius stays finite."""
@@ -413,6 +500,61 @@ def test_gradmatch_matches_reference(per_class, nnls, lam, target):
     for rows, order in zip(groups_of(inputs, per_class), got.values(), strict=True):
         ref, _ = omp_reference(g, rows, lam, nnls, target == "sum")
         assert np.array_equal(order, ref)
+
+
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail (instead of hanging) if the block runs longer than `seconds`."""
+
+    def expired(_signum, _frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_gradmatch_nnls_terminates_on_collinear_gradients_without_ridge():
+    """lam = 0 with duplicate and collinear gradients (a singular Gram matrix): every refit
+    stays within the 3 t + 30 cap and solves the NNLS; the order is still a permutation."""
+    rng = np.random.default_rng(23)
+    base = rng.normal(size=(4, 9))
+    g = np.concatenate([base, base[[0, 0, 2]], 2.5 * base[[1, 3]], rng.random((3, 1)) * base[0]])
+    b = g.sum(axis=0)
+    m, c = g @ g.T, g @ b
+    with deadline(20):
+        solver = gradmatch._GrowingNNLS(len(c))
+        w = np.zeros(0)
+        for t in range(len(c)):
+            w = solver.add(m[t, : t + 1], c[t], c[t] - m[t, :t] @ w).copy()
+            assert solver.solves <= 3 * (t + 1) + 30
+    assert (w >= 0).all()
+    best = scipy_nnls(g.T, b)[0]  # the weights are not unique, the residual is
+    assert np.linalg.norm(g.T @ w - b) <= np.linalg.norm(g.T @ best - b) + 1e-9 * np.linalg.norm(b)
+    inputs, _ = duplicated_inputs()
+    with deadline(20):
+        result = run("gradmatch", inputs, lam=0.0)
+    assert sorted(result["score"]) == list(range(len(result)))
+
+
+def test_gradmatch_nnls_cap_raises_naming_gradmatch_the_pick_and_lam(monkeypatch):
+    """A refit that needs more active-set steps than the cap is an error naming the fix."""
+    m = np.array([[1.0, 0.9], [0.9, 1.0]])
+    c = np.array([1.0, 1.5])  # the second variable pushes the first out: two solves
+    np.testing.assert_allclose(gradmatch._nnls_gram(m, c), [0.0, 1.5])
+    monkeypatch.setattr(gradmatch, "NNLS_STEPS_PER_VARIABLE", 0)
+    monkeypatch.setattr(gradmatch, "NNLS_STEPS_EXTRA", 1)
+    with pytest.raises(RuntimeError, match=r"gradmatch.*pick 2.*1 active-set steps.*lam > 0"):
+        gradmatch._nnls_gram(m, c)
+    inputs = make_inputs(seed=7, sizes=(12, 10))  # one refit here drops a variable (lam = 0)
+    with pytest.raises(RuntimeError, match=r"'gradmatch' \(class \d, lam=0.0\).*pick \d+.*lam > 0"):
+        run("gradmatch", inputs, lam=0.0)
+    monkeypatch.setattr(gradmatch, "NNLS_STEPS_EXTRA", 30)
+    run("gradmatch", inputs, lam=0.0)  # the default slack alone is enough
 
 
 def test_gradmatch_weights_match_reference_fit():

@@ -129,10 +129,16 @@ def test_ilp_equals_greedy(keep, balanced):
         ties = [None, 3, 1][trial % 3]  # 1 distinct value ~ all tied
         index, labels, score = make_case(rng, n_classes=int(rng.integers(2, 6)), n_distinct=ties)
         f = float(rng.choice([0.1, 0.3, 0.5, 0.77]))
-        kept, info = select(index, labels, score, f, keep=keep, balanced=balanced, seed=trial)
-        ref = greedy_select(index, labels, score, f, keep=keep, balanced=balanced, seed=trial)
-        assert info["status"] == "Optimal"
+        args = (index, labels, score, f)
+        kwargs = {"keep": keep, "balanced": balanced, "seed": trial}
+        kept, info = select(*args, **kwargs, solver="ilp")
+        ref = greedy_select(*args, **kwargs)
+        assert info["status"] == "Optimal" and info["solver"] == "pulp-cbc"
         np.testing.assert_array_equal(kept, ref)
+        direct, info_direct = select(*args, **kwargs)
+        assert info_direct["solver"] == "direct"
+        np.testing.assert_array_equal(direct, ref)
+        assert info_direct["objective"] == info["objective"]
         assert np.all(np.diff(kept) > 0)  # sorted ascending, unique
         assert set(kept.tolist()) <= set(index.tolist())
         if keep != "random":
@@ -158,6 +164,82 @@ def test_ties_broken_by_lower_index_both_directions():
     np.testing.assert_array_equal(select(index, labels, score, 1 / 3, keep="low")[0], [40, 50])
     np.testing.assert_array_equal(select(index, labels, score, 1 / 3, keep="high")[0], [10, 20])
     np.testing.assert_array_equal(select(index, labels, score, 0.5, keep="high")[0], [10, 20, 60])
+
+
+def test_direct_equals_ilp_on_random_requests():
+    """Quotas or one total, with exclude, ties, ±inf and every keep: the sort is the ILP's set."""
+    rng = np.random.default_rng(21)
+    for trial in range(24):
+        index, labels, score = make_case(
+            rng, n_classes=int(rng.integers(1, 6)), n_distinct=[None, 4, 1][trial % 3]
+        )
+        n = index.shape[0]
+        if trial % 4 == 1:  # infinities of both signs among the scores
+            score[rng.random(n) < 0.2] = np.inf
+            score[rng.random(n) < 0.2] = -np.inf
+        keep = ["low", "high", "random"][trial % 3]
+        balanced = trial % 2 == 0
+        f = float(rng.choice([0.05, 0.1, 0.3, 0.5, 1.0]))
+        exclude = None
+        if trial % 5 != 0:  # exclude some ids, leaving every quota (or the total) feasible
+            quotas = class_quotas(labels, f) if balanced else None
+            room = (
+                [
+                    np.flatnonzero(labels == c)[: max(0, int((labels == c).sum()) - quotas[c])]
+                    for c in np.unique(labels)
+                ]
+                if balanced
+                else [np.arange(n - expected_total(f, n))]
+            )
+            drop = np.concatenate(room)
+            drop = drop[rng.random(drop.shape[0]) < 0.7]
+            exclude = index[drop] if drop.size else None
+        kwargs = {"keep": keep, "balanced": balanced, "seed": trial, "exclude": exclude}
+        ilp, info_ilp = select(index, labels, score, f, **kwargs, solver="ilp")
+        direct, info_direct = select(index, labels, score, f, **kwargs, solver="direct")
+        auto, info_auto = select(index, labels, score, f, **kwargs)
+        np.testing.assert_array_equal(direct, ilp)
+        np.testing.assert_array_equal(auto, ilp)
+        assert (info_ilp["solver"], info_direct["solver"], info_auto["solver"]) == (
+            "pulp-cbc",
+            "direct",
+            "direct",
+        )
+        same = ("size", "per_class", "objective", "constraints", "n_excluded", "n_variables")
+        assert {k: info_direct[k] for k in same} == {k: info_ilp[k] for k in same}
+        assert info_direct["n_constraints"] == info_ilp["n_constraints"]
+        if exclude is not None:
+            assert not np.isin(direct, exclude).any()
+
+
+def test_solver_choice_and_the_direct_path_never_calls_cbc(monkeypatch):
+    """auto: the sort for quotas/total/exclude, CBC for min_per_class and strata; direct refuses."""
+    index = np.arange(30, dtype=np.int64)
+    labels = np.repeat([0, 1, 2], 10)
+    score = np.arange(30.0)[::-1].copy()
+    with_floor, info = select(index, labels, score, 0.3, balanced=False, min_per_class=2)
+    assert info["solver"] == "pulp-cbc"
+    _, info = select(index, labels, score, 0.3, strata=[("s", labels == 0, 3)])
+    assert info["solver"] == "pulp-cbc"
+
+    def no_cbc(_time_limit):
+        raise AssertionError("CBC was called")
+
+    monkeypatch.setattr(sel, "_cbc_solver", no_cbc)
+    kept, info = select(index, labels, score, 0.3, exclude=np.array([9, 29]))
+    np.testing.assert_array_equal(kept, [6, 7, 8, 17, 18, 19, 26, 27, 28])  # 9, 29 excluded
+    assert info["solver"] == "direct" and info["status"] == "Optimal"
+    kept, info = select(index, labels, score, 0.3, balanced=False, solver="direct")
+    np.testing.assert_array_equal(kept, np.arange(21, 30))
+    with pytest.raises(InputError, match=r"solver='direct'.*min_per_class=2.*'auto' or 'ilp'"):
+        select(index, labels, score, 0.3, balanced=False, min_per_class=2, solver="direct")
+    with pytest.raises(InputError, match=r"solver='direct'.*strata\['s'\]=3"):
+        select(index, labels, score, 0.3, strata=[("s", labels == 0, 3)], solver="direct")
+    with pytest.raises(InputError, match=r"solver.*'auto'.*'ilp'.*'direct'.*'cbc'"):
+        select(index, labels, score, 0.3, solver="cbc")
+    with pytest.raises(InputError, match=r"exclude: infeasible"):  # prechecks still apply
+        select(index, labels, score, 1.0, exclude=np.array([3]), solver="direct")
+    assert with_floor.shape[0] == 9
 
 
 # ------------------------------------------------------------------------------------------
@@ -237,8 +319,12 @@ def test_exact_total_per_class_and_info():
             "seed",
         ):
             assert key in info
-        assert info["solver"] == "pulp-cbc" and info["n_total"] == n and info["fraction"] == f
+        assert info["solver"] == "direct" and info["n_total"] == n and info["fraction"] == f
         json.dumps(info, allow_nan=False)  # JSON-serialisable, strictly
+        kept_ilp, info_ilp = select(index, labels, score, f, solver="ilp")
+        np.testing.assert_array_equal(kept_ilp, kept)
+        assert info_ilp["solver"] == "pulp-cbc" and set(info_ilp) == set(info)
+        json.dumps(info_ilp, allow_nan=False)
     assert info["empty_classes"] == []  # f = 0.9 keeps some of every class
 
 
@@ -435,16 +521,18 @@ def test_non_optimal_solver_status_is_an_error(monkeypatch):
     args = (index, np.zeros(10, dtype=np.int64), np.arange(10.0), 0.5)
     monkeypatch.setattr(sel, "_cbc_solver", lambda t: StoppedOnTime(pulp.LpSolutionIntegerFeasible))
     with pytest.raises(RuntimeError, match=r"did not prove an optimum.*quotas"):
-        select(*args, time_limit=1.0)
+        select(*args, time_limit=1.0, solver="ilp")
     monkeypatch.setattr(
         sel, "_cbc_solver", lambda t: StoppedOnTime(pulp.LpSolutionNoSolutionFound, 0)
     )
     with pytest.raises(RuntimeError, match=r"Not Solved"):
-        select(*args)
+        select(*args, solver="ilp")
     # a solver claiming optimality with a wrong answer is caught by the re-check
     monkeypatch.setattr(sel, "_cbc_solver", lambda t: StoppedOnTime(pulp.LpSolutionOptimal))
     with pytest.raises(RuntimeError, match=r"violates"):
-        select(*args)
+        select(*args, solver="ilp")
+    with pytest.raises(RuntimeError, match=r"violates.*min_per_class=1"):  # auto goes to CBC
+        select(*args, balanced=False, min_per_class=1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -491,8 +579,10 @@ def test_bad_inputs_name_key_and_allowed_values():
 @pytest.mark.filterwarnings("error::DeprecationWarning")
 def test_no_pulp_deprecation_warnings():
     # PULP_CBC_CMD() and LpVariable(...) warn in PuLP 3.x (removed in 4.0); select avoids both
-    kept, _ = select(np.arange(10), np.zeros(10, dtype=np.int64), np.arange(10.0), 0.3)
+    args = (np.arange(10), np.zeros(10, dtype=np.int64), np.arange(10.0), 0.3)
+    kept, info = select(*args, solver="ilp")
     np.testing.assert_array_equal(kept, [0, 1, 2])
+    assert info["solver"] == "pulp-cbc"
 
 
 def test_module_does_not_import_torch():
@@ -508,13 +598,16 @@ def test_cifar_scale_ilp_equals_greedy_and_stays_small():
     labels = rng.integers(0, 10, 50_000)
     score = rng.gamma(2.0, size=50_000)
     index = np.arange(50_000)
-    kept, info = select(index, labels, score, 0.1, keep="low")
+    kept, info = select(index, labels, score, 0.1, keep="low", solver="ilp")
     assert np.array_equal(kept, greedy_select(index, labels, score, 0.1, keep="low"))
     assert info["size"] == 5_000 and info["status"] == "Optimal"
     seconds = info["build_seconds"] + info["solve_seconds"]
     print(f"50,000: build {info['build_seconds']:.3f} s, solve {info['solve_seconds']:.3f} s")
     # A loose bound (measured ~0.6 s on 2 cores): catches quadratic model building, not noise.
     assert seconds < 30, seconds
+    direct, info_direct = select(index, labels, score, 0.1, keep="low")
+    assert np.array_equal(direct, kept) and info_direct["solver"] == "direct"
+    assert info_direct["solve_seconds"] < 2, info_direct  # measured ~0.002 s: no program built
 
 
 def test_hybrid_keeps_each_class_lowest_plus_a_share_of_its_highest():

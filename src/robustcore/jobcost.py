@@ -20,16 +20,10 @@ import math
 import re
 from typing import Any
 
+from robustcore.scale import Estimate, dataset_size, score_estimate, shape_of
+
 # Forward GFLOPs per sample (2 × multiply-adds) at each arch's usual input size.
 GFLOPS = {"resnet18": 1.11, "vgg16": 0.63, "resnet50": 8.2, "small_cnn": 0.004, "mlp": 0.001}
-# (train, test) samples and values per sample of each source (toy2d: from its entry).
-SOURCES = {
-    "cifar10": (50_000, 10_000, 3 * 32 * 32),
-    "cifar100": (50_000, 10_000, 3 * 32 * 32),
-    "mnist": (60_000, 10_000, 28 * 28),
-    "imagefolder": (1_281_167, 50_000, 3 * 224 * 224),
-    "digits": (1_347, 450, 8 * 8),
-}
 # The rules whose jobs run on a GPU (when the config's device is not cpu).
 GPU_RULES = (
     "train_proxy", "score_samples", "sparse_fgsm", "train_model", "evaluate_model",
@@ -38,13 +32,6 @@ GPU_RULES = (
 # The rules whose jobs read the data through DataLoader workers (they get CPUs for them).
 WORKER_RULES = ("train_proxy", "train_model", "evaluate_model")
 _FRACTION = re.compile(r"-f([0-9]+(?:[.][0-9]+)?(?:e-?[0-9]+)?)")
-
-
-def dataset_size(entry: dict[str, Any]) -> tuple[int, int, int]:
-    """(train samples, test samples, values per sample) of a dataset entry."""
-    if entry.get("source") == "toy2d":
-        return int(entry.get("n_train", 1200)), int(entry.get("n_test", 400)), 2
-    return SOURCES.get(entry.get("source", ""), (1_200, 400, 64))
 
 
 def attack_passes(attack: dict[str, Any]) -> float:
@@ -137,19 +124,33 @@ def runtime_minutes(
     """The time limit of one job: safety × estimate, × attempt, within the configured bounds."""
     limits = config["job_resources"]
     minutes = job_flops(config, rule, wildcards) / (limits["gpu_tflops"] * 1e12) / 60
+    if rule == "score_samples":  # the method's own CPU work (robustcore.scale)
+        minutes += score_cost(config, wildcards).seconds / 60
     minutes = limits["safety"] * (minutes + limits["startup_minutes"]) * attempt
     return int(min(limits["max_minutes"], max(limits["min_minutes"], math.ceil(minutes))))
 
 
 def mem_mb(config: dict[str, Any], rule: str, wildcards: dict[str, str]) -> int:
-    """Host memory of one job: the rule's base plus its dataset's arrays (uint8 + float32)."""
+    """Host memory of one job: the rule's base, its dataset's arrays (uint8 + float32), a proxy's
+    probe; a score job's own estimate (robustcore.scale) when that is larger."""
     limits = config["job_resources"]
     base = int(limits["mem_mb"].get(rule, limits["mem_mb"]["default"]))
     name = wildcards.get("dataset") or config["studies"].get(wildcards.get("study"), {}).get(
         "dataset"
     )
     dataset = config["datasets"].get(name or "", {})
+    if rule == "train_proxy":  # the probe pass ends the job with N × (d + C) float32
+        shape = shape_of(config, wildcards["dataset"], wildcards["proxy"])
+        base += math.ceil(shape.n * (shape.features + shape.classes) * 4 / 2**20)
     if dataset.get("source") == "imagefolder":  # decoded per batch by the workers
         return base + (2_000 * int(config["workers"]) if rule in WORKER_RULES else 0)
     n_train, n_test, values = dataset_size(dataset)
-    return base + math.ceil((n_train + n_test) * values * 5 / 2**20)
+    arrays = base + math.ceil((n_train + n_test) * values * 5 / 2**20)
+    if rule == "score_samples" and config["scores"][wildcards["method"]]["method"] != "deepfool":
+        return max(arrays, math.ceil(score_cost(config, wildcards).mem_bytes / 2**20))
+    return arrays
+
+
+def score_cost(config: dict[str, Any], wildcards: dict[str, str]) -> Estimate:
+    """The scale estimate of a score_samples job."""
+    return score_estimate(config, wildcards["dataset"], wildcards["proxy"], wildcards["method"])

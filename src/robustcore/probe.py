@@ -72,28 +72,38 @@ def last_linear(model: nn.Module) -> nn.Linear:
 
 
 def run_probe(model: nn.Module, loader: Loader) -> ProbeData:
-    """Forward the (unaugmented) training set once in eval mode, recording the head's input."""
+    """Forward the (unaugmented) training set once in eval mode, recording the head's input.
+
+    Each batch is written into arrays of the final size at its samples' sorted positions, so the
+    job holds one copy of N × (d + C) floats (ImageNet: 15.6 GB), not the batches and their
+    concatenation besides.
+    """
     head = last_linear(model)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
-    index_parts, label_parts, feature_parts, logit_parts = [], [], [], []
+    index = np.sort(np.asarray(loader.indices, dtype=np.int64))
+    labels = np.empty(len(index), dtype=np.int64)
+    features = logits = None
     try:
         with eval_mode(model), torch.no_grad():
-            for index, x, y in loader.epoch(shuffle=False):
-                logits = model(x)
-                feature_parts.append(captured.pop().flatten(1).float().cpu().numpy())
-                logit_parts.append(logits.float().cpu().numpy())
-                index_parts.append(index.numpy())
-                label_parts.append(y.cpu().numpy())
+            for batch_index, x, y in loader.epoch(shuffle=False):
+                batch_logits = model(x).float().cpu().numpy()
+                batch_features = captured.pop().flatten(1).float().cpu().numpy()
+                if features is None:
+                    features = np.empty((len(index), batch_features.shape[1]), np.float32)
+                    logits = np.empty((len(index), batch_logits.shape[1]), np.float32)
+                rows = np.searchsorted(index, batch_index.numpy())
+                features[rows], logits[rows] = batch_features, batch_logits
+                labels[rows] = y.cpu().numpy()
     finally:
         hook.remove()
-    index = np.concatenate(index_parts).astype(np.int64)
-    order = np.argsort(index, kind="stable")
+    if features is None:
+        raise InputError("the probe's loader yielded no samples")
     return ProbeData(
-        index=index[order],
-        labels=np.concatenate(label_parts).astype(np.int64)[order],
-        features=np.concatenate(feature_parts)[order],
-        logits=np.concatenate(logit_parts)[order],
+        index=index,
+        labels=labels,
+        features=features,
+        logits=logits,
         last_weight=head.weight.detach().float().cpu().numpy(),
         last_bias=(
             head.bias.detach().float().cpu().numpy()

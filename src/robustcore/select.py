@@ -2,12 +2,17 @@
 
 Given per-sample scores, :func:`select` keeps the lowest (``keep="low"``), the highest
 (``keep="high"``) or a uniformly random (``keep="random"``) fraction ``f`` of the ``N`` samples,
-class-balanced by default. The choice is solved with PuLP + CBC as a 0/1 program
+class-balanced by default. The choice is a 0/1 program
 
     maximize  sum_i w_i x_i   subject to  per-class quotas (or one total), min_per_class,
                                           exclude, strata;   x_i in {0, 1}
 
-so that further requirements are only more constraints.
+so that further requirements are only more constraints. With quotas (or one total) and exclude
+only, its unique optimum is the per-class (or global) sort, which ``solver="auto"`` (default)
+computes directly in O(N) (info ``solver: "direct"``); min_per_class or strata go to PuLP + CBC
+(``"pulp-cbc"``). ``solver="ilp"`` sends every request to CBC, ``solver="direct"`` refuses what the
+sort cannot solve. At 1.28 M samples building and writing the program for CBC costs far more than
+solving it, hence the direct path.
 
 Weights are integer *ranks*, not the raw scores: the samples are ordered by (score, index) for
 ``keep="low"``, by (-score, index) for ``keep="high"`` and by a seeded random permutation for
@@ -41,6 +46,8 @@ from robustcore.io import InputError
 
 KEEPS = ("low", "high", "random")
 SOLVER = "pulp-cbc"
+DIRECT = "direct"
+SOLVERS = ("auto", "ilp", "direct")
 
 __all__ = ["KEEPS", "class_quotas", "greedy_select", "hybrid_select", "select"]
 
@@ -74,6 +81,13 @@ def _check_keep(keep: Any) -> str:
         allowed = ", ".join(repr(k) for k in KEEPS)
         raise InputError(f"keep: must be one of {allowed}, got {keep!r}")
     return keep
+
+
+def _check_solver(solver: Any) -> str:
+    if solver not in SOLVERS:
+        allowed = ", ".join(repr(k) for k in SOLVERS)
+        raise InputError(f"solver: must be one of {allowed}, got {solver!r}")
+    return solver
 
 
 def _check_int(name: str, value: Any, minimum: int = 0) -> int:
@@ -424,6 +438,7 @@ def select(
     exclude: np.ndarray | None = None,
     strata: list[tuple[str, np.ndarray, int]] | None = None,
     time_limit: float | None = 60.0,
+    solver: str = "auto",
 ) -> tuple[np.ndarray, dict]:
     """Return the kept sample indices (sorted ascending, values from `index`) and an info dict.
 
@@ -435,9 +450,12 @@ def select(
     ``(name, mask, count)`` has a boolean mask aligned with `index` and requires exactly `count`
     kept samples inside it. An infeasible request raises InputError naming the constraint; a
     solver that does not prove optimality (e.g. `time_limit` seconds ran out) raises
-    RuntimeError; no partial result is ever returned.
+    RuntimeError; no partial result is ever returned. `solver`: "auto" sorts directly when only
+    quotas (or the total) and exclude apply and runs CBC otherwise; "ilp" always runs CBC;
+    "direct" always sorts and refuses min_per_class and strata (info["solver"] says which ran).
     """
     index, labels, fraction, keep, seed, rank = _prepare(index, labels, score, fraction, keep, seed)
+    solver = _check_solver(solver)
     if not isinstance(balanced, (bool, np.bool_)):
         raise InputError(f"balanced: expected True or False, got {balanced!r}")
     balanced = bool(balanced)
@@ -465,7 +483,120 @@ def select(
     if excluded.any():
         constraint_sets.append(f"exclude ({int(excluded.sum())} samples)")
     constraint_sets += [f"strata[{name!r}]={count}" for name, _, count in strata_checked]
+    described = ", ".join(constraint_sets)
 
+    extra = [c for c in constraint_sets if c.startswith(("min_per_class", "strata"))]
+    if solver == "direct" and extra:
+        raise InputError(
+            f"solver='direct' sorts under class quotas (or one total) and exclude only; this "
+            f"request also has {', '.join(extra)}: use solver='auto' or 'ilp'"
+        )
+    if solver == "direct" or (solver == "auto" and not extra):
+        t0 = time.perf_counter()
+        chosen = _direct(rank, labels, excluded, classes, quotas, total)
+        program: dict[str, Any] = {
+            "solver": DIRECT,
+            "status": "Optimal",  # the program's unique optimum (distinct weights), no solver
+            "solution_status": "unique optimum: sorted" + (" per class" if balanced else ""),
+            "build_seconds": 0.0,
+            "solve_seconds": round(time.perf_counter() - t0, 6),
+            "n_variables": int((~excluded).sum()),
+            "n_constraints": int(np.unique(labels[~excluded]).shape[0]) if balanced else 1,
+        }
+    else:
+        chosen, program = _ilp(
+            rank,
+            labels,
+            excluded,
+            quotas,
+            total,
+            classes,
+            min_per_class,
+            strata_checked,
+            time_limit,
+            described,
+        )
+    _verify(
+        chosen, labels, classes, total, quotas, min_per_class, excluded, strata_checked, described
+    )
+
+    counts = _class_counts(classes, labels, chosen).tolist()
+    per_class = dict(zip(classes.tolist(), counts, strict=True))
+    info: dict[str, Any] = {
+        "size": int(chosen.shape[0]),
+        "fraction": fraction,
+        "n_total": int(n),
+        "per_class": {str(c): k for c, k in per_class.items()},
+        "keep": keep,
+        "balanced": balanced,
+        "solver": program["solver"],
+        "status": program["status"],
+        "solution_status": program["solution_status"],
+        # sum over kept samples of N - rank (rank 0 = first to keep): an exact integer
+        "objective": int((n - rank[chosen]).sum()),
+        "build_seconds": program["build_seconds"],
+        "solve_seconds": program["solve_seconds"],
+        "seed": seed,
+        "empty_classes": [c for c, k in per_class.items() if k == 0],
+        "constraints": constraint_sets,
+        "min_per_class": min_per_class,
+        "n_excluded": int(excluded.sum()),
+        "strata": [
+            {"name": name, "count": count, "mask_size": int(mask.sum())}
+            for name, mask, count in strata_checked
+        ],
+        "n_variables": program["n_variables"],
+        "n_constraints": program["n_constraints"],
+        "time_limit": time_limit,
+    }
+    if quotas is not None:
+        info["quotas"] = {str(c): q for c, q in quotas.items()}
+    return np.sort(index[chosen]), info
+
+
+def _direct(
+    rank: np.ndarray,
+    labels: np.ndarray,
+    excluded: np.ndarray,
+    classes: np.ndarray,
+    quotas: dict[int, int] | None,
+    total: int,
+) -> np.ndarray:
+    """The program's optimum without a solver: per class (or overall) the best-ranked samples.
+
+    The weights N - rank are distinct, so under per-class counts (or one total) the unique
+    optimum keeps each class's q_c best-ranked candidates (or the `total` best overall); O(N).
+    """
+    n = rank.shape[0]
+    order = np.empty(n, dtype=np.int64)
+    order[rank] = np.arange(n, dtype=np.int64)  # positions, best first
+    order = order[~excluded[order]]
+    if quotas is None:
+        return np.sort(order[:total])
+    code = np.searchsorted(classes, labels[order])
+    by_class = np.argsort(code, kind="stable")  # grouped by class, best first within each
+    grouped = code[by_class]
+    first = np.searchsorted(grouped, np.arange(classes.shape[0]))  # each class's first slot
+    quota = np.array([quotas[c] for c in classes.tolist()], dtype=np.int64)
+    keep = np.arange(grouped.shape[0]) - first[grouped] < quota[grouped]
+    return np.sort(order[by_class[keep]])
+
+
+def _ilp(
+    rank: np.ndarray,
+    labels: np.ndarray,
+    excluded: np.ndarray,
+    quotas: dict[int, int] | None,
+    total: int,
+    classes: np.ndarray,
+    min_per_class: int,
+    strata_checked: list[tuple[str, np.ndarray, int]],
+    time_limit: float | None,
+    described: str,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Build the 0/1 program, solve it with CBC, check the answer; chosen positions and info."""
+    n = rank.shape[0]
+    balanced = quotas is not None
     # ---- build
     t0 = time.perf_counter()
     candidates = np.flatnonzero(~excluded)  # positions that may be kept
@@ -504,13 +635,10 @@ def select(
     try:
         prob.solve(_cbc_solver(time_limit))
     except pulp.PulpSolverError as err:
-        raise RuntimeError(
-            f"select: CBC failed on constraints {', '.join(constraint_sets)}: {err}"
-        ) from err
+        raise RuntimeError(f"select: CBC failed on constraints {described}: {err}") from err
     solve_seconds = time.perf_counter() - t1
     status = pulp.LpStatus[prob.status]
     sol_status = pulp.LpSolution[prob.sol_status]
-    described = ", ".join(constraint_sets)
     if prob.status == pulp.LpStatusInfeasible:
         raise InputError(
             f"select: no coreset satisfies the constraints together: {described} "
@@ -523,46 +651,26 @@ def select(
         )
 
     values = np.array([x.varValue if x.varValue is not None else 0.0 for x in xs])
-    chosen = np.sort(candidates[values > 0.5])
-    _verify(chosen, labels, total, quotas, min_per_class, excluded, strata_checked, described)
-
-    kept_labels = labels[chosen]
-    per_class = {int(c): int((kept_labels == c).sum()) for c in classes.tolist()}
-    info: dict[str, Any] = {
-        "size": int(chosen.shape[0]),
-        "fraction": fraction,
-        "n_total": int(n),
-        "per_class": {str(c): k for c, k in per_class.items()},
-        "keep": keep,
-        "balanced": balanced,
+    return np.sort(candidates[values > 0.5]), {
         "solver": SOLVER,
         "status": status,
         "solution_status": sol_status,
-        # sum over kept samples of N - rank (rank 0 = first to keep): an exact integer
-        "objective": int((n - rank[chosen]).sum()),
         "build_seconds": round(build_seconds, 6),
         "solve_seconds": round(solve_seconds, 6),
-        "seed": seed,
-        "empty_classes": [c for c, k in per_class.items() if k == 0],
-        "constraints": constraint_sets,
-        "min_per_class": min_per_class,
-        "n_excluded": int(excluded.sum()),
-        "strata": [
-            {"name": name, "count": count, "mask_size": int(mask.sum())}
-            for name, mask, count in strata_checked
-        ],
         "n_variables": len(xs),
         "n_constraints": n_rows[0],
-        "time_limit": time_limit,
     }
-    if quotas is not None:
-        info["quotas"] = {str(c): q for c, q in quotas.items()}
-    return np.sort(index[chosen]), info
+
+
+def _class_counts(classes: np.ndarray, labels: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Kept samples per class (classes sorted, every label among them), in one pass."""
+    return np.bincount(np.searchsorted(classes, labels[chosen]), minlength=classes.shape[0])
 
 
 def _verify(
     chosen: np.ndarray,
     labels: np.ndarray,
+    classes: np.ndarray,
     total: int,
     quotas: dict[int, int] | None,
     min_per_class: int,
@@ -575,15 +683,13 @@ def _verify(
     problems = []
     if chosen.shape[0] != total:
         problems.append(f"size {chosen.shape[0]} != {total}")
-    kept = labels[chosen]
+    counts = _class_counts(classes, labels, chosen).tolist()
     if quotas is not None:
-        for c, q in quotas.items():
-            got = int((kept == c).sum())
-            if got != q:
-                problems.append(f"class {c}: {got} != quota {q}")
+        for c, got in zip(classes.tolist(), counts, strict=True):
+            if got != quotas[c]:
+                problems.append(f"class {c}: {got} != quota {quotas[c]}")
     elif min_per_class:
-        for c in np.unique(labels).tolist():
-            got = int((kept == c).sum())
+        for c, got in zip(classes.tolist(), counts, strict=True):
             if got < min_per_class:
                 problems.append(f"class {c}: {got} < min_per_class {min_per_class}")
     if excluded[chosen].any():

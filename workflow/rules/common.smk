@@ -22,7 +22,7 @@ shell.prefix(f"export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 # subcommand runs (read from the source, nothing imported), so editing a module makes exactly
 # the jobs that run it stale. `snakemake -n --list-changes params` lists them.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from robustcore import codegraph, jobcost, warm
+from robustcore import codegraph, jobcost, scale, warm
 
 
 def code_version(subcommand):
@@ -542,5 +542,9 @@ def eval_tags(wildcards):
     )
 
 
-# Cross-reference checks (validate.smk) need study_arms above, so they run here, last.
+# Cross-reference checks (validate.smk) need study_arms above, so they run here, last; then
+# every score job's memory and time at full size (robustcore.scale): refused now, not hours in.
 check_config()
+too_big = scale.check(config)
+if too_big:
+    raise ValueError("config error:\n  " + "\n  ".join(too_big))

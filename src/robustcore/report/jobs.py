@@ -281,7 +281,7 @@ def sparse_fgsm_signal(params: dict[str, Any], out_dir: Path) -> None:
 
     from robustcore import data
     from robustcore.scores import REGISTRY, ScoreInputs
-    from robustcore.sensitivity import flip_rates, prob_columns, sensitivity_table
+    from robustcore.sensitivity import flip_rates, sensitivity_table
 
     train, _ = data.load(params["data"])
     meta = data.load_meta(params["data"])
@@ -294,8 +294,8 @@ def sparse_fgsm_signal(params: dict[str, Any], out_dir: Path) -> None:
             table = sensitivity_table(
                 model, loader, eps=float(eps), ks=params["ks"], mode=params["mode"]
             )
-            clean = table[table["k"] == 0].sort_values("index")
-            entropy = _entropy(clean[prob_columns(table)].to_numpy(dtype=np.float64))
+            clean = np.concatenate([probs[:, 0] for _, probs in table.prob_blocks([0])])
+            entropy = _entropy(clean.astype(np.float64))
             inputs = ScoreInputs(index=index, labels=train.labels, sensitivity=table)
             isef = REGISTRY["isef"](inputs, seed=seed, alpha=params["alpha"])["score"]
             rho = stats.spearmanr(isef.to_numpy(), entropy).statistic

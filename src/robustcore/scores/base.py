@@ -14,6 +14,7 @@ from torch import nn
 from robustcore.data import Split
 from robustcore.io import InputError
 from robustcore.probe import ProbeData
+from robustcore.sensitivity import SensitivityTable
 
 # What a method may read; the workflow provides exactly what a method declares.
 NEEDS = ("dynamics", "probe", "sensitivity", "model")
@@ -27,7 +28,7 @@ class ScoreInputs:
     labels: np.ndarray  # int64 (N,)
     dynamics: dict[int, pd.DataFrame] | None = None  # epoch (1-based) -> dynamics frame
     probe: ProbeData | None = None  # features, logits, last-layer weights of the final proxy
-    sensitivity: pd.DataFrame | None = None  # Sparse-FGSM outputs per sample and k
+    sensitivity: SensitivityTable | None = None  # Sparse FGSM per sample; probs by blocks
     model: nn.Module | None = None  # the final proxy, eval mode, on `device`
     train: Split | None = None  # the training split (with `model`)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))

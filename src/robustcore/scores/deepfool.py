@@ -20,6 +20,12 @@ from robustcore.runtime import eval_mode, frozen
 from robustcore.scores.base import ScoreInputs, frame, int_param, need, register
 
 DEEPFOOL_EPS = 1e-4  # added to each DeepFool step (as the reference code) so it crosses
+# Candidate classes per step: the prediction and the 9 next-highest logits, as the DeepFool
+# reference code (github.com/LTS4/DeepFool, Python/deepfool.py, line 8:
+# `def deepfool(image, net, num_classes=10, overshoot=0.02, max_iter=50)`; line 31 keeps the
+# top `num_classes` of the clean logits). All classes would hold batch x classes x input-size
+# gradients: about 154 GB per 256-image batch at ImageNet size (1,000 classes, 3x224x224).
+TOP_CLASSES = 10
 
 
 def _input_grad(output: torch.Tensor, x: torch.Tensor, retain: bool) -> torch.Tensor:
@@ -27,22 +33,34 @@ def _input_grad(output: torch.Tensor, x: torch.Tensor, retain: bool) -> torch.Te
     return torch.autograd.grad(output, x, retain_graph=retain)[0].flatten(1)
 
 
+def _check_top_classes(value: object) -> int | None:
+    """top_classes: an integer ≥ 2 or None (every class), else InputError naming the key."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+        raise InputError(
+            f"score method 'deepfool': top_classes must be an integer ≥ 2 or None (every "
+            f"class), got {value!r}"
+        )
+    return int(value)
+
+
 def _deepfool_batch(
     model: nn.Module,
     x0: torch.Tensor,
     max_iter: int,
     overshoot: float,
-    top_classes: int | None = None,
+    top_classes: int | None = TOP_CLASSES,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DeepFool on a batch: (‖(1+overshoot)·r‖, flipped, iterations) per sample.
 
     Per iteration: one forward of the samples still unflipped, one backward per candidate class
-    (the prediction and the top_classes − 1 next-highest classes; None = every class). Samples
-    that flipped (or whose candidate gradients vanish) are frozen. The caller puts the model in
-    eval mode with frozen parameters (see `deepfool`).
+    (the prediction and the top_classes − 1 next-highest classes of the clean logits, fixed for
+    the whole attack as in the reference code; None = every class). Samples that flipped (or
+    whose candidate gradients vanish) are frozen. The caller puts the model in eval mode with
+    frozen parameters (see `deepfool`).
     """
-    if top_classes is not None and top_classes < 2:
-        raise InputError(f"DeepFool top_classes must be ≥ 2 or None, got {top_classes!r}")
+    top_classes = _check_top_classes(top_classes)
     n = x0.shape[0]
     x0 = x0.detach()
     flat0 = x0.flatten(1)
@@ -99,7 +117,7 @@ def _deepfool_batch(
     max_iter=50,
     overshoot=0.02,
     batch_size=256,
-    top_classes=None,
+    top_classes=TOP_CLASSES,
 )
 def deepfool(
     inputs: ScoreInputs,
@@ -117,12 +135,15 @@ def deepfool(
     repeats until the prediction changes; the score is ‖(1 + overshoot)·r_tot‖₂ in pixel space
     (no [0, 1] box, as in DeepFool). A sample that does not flip within max_iter has no
     adversarial example, so DFAL has no boundary distance for it: it scores +inf (farthest, kept
-    last) and `perturbation_norm` keeps the size of the partial perturbation. Every class is a
-    candidate (one backward per class and iteration) unless `top_classes` limits them to the
-    highest-scoring classes, as the reference code does for ImageNet (10). Labels are not
-    used: DFAL attacks the prediction.
+    last) and `perturbation_norm` keeps the size of the partial perturbation. The candidate
+    classes are the prediction and the `top_classes` − 1 next-highest clean logits (default 10,
+    the reference code's `num_classes=10`: LTS4/DeepFool, Python/deepfool.py, line 8), one
+    backward each per iteration; with at most 10 classes that is every class, and
+    `top_classes=None` makes every class a candidate for any number of classes. Labels are
+    not used: DFAL attacks the prediction.
     """
     max_iter = int_param("deepfool", "max_iter", max_iter, 1)
+    top_classes = _check_top_classes(top_classes)
     batch_size = int_param("deepfool", "batch_size", batch_size, 1)
     if isinstance(overshoot, bool) or not isinstance(overshoot, (int, float)) or overshoot < 0:
         raise InputError(

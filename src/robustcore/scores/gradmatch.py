@@ -13,6 +13,13 @@ pick. Cost per step: O(n |S|) for the correlations plus, for ``nnls=True``, O(|P
 (``P`` = the positive weights); the full order is O(n^3) (exact OMP is O(k n p) with ``p`` the
 embedding length; the Gram form replaces ``p`` by ``|S|``). :func:`gradmatch_weights` refits the
 weights for an actual coreset.
+
+The NNLS refit is capped at ``3 t + 30`` active-set steps after the ``t``-th pick (a step = one
+least-squares solve on the positive set; ``3 t`` is Lawson and Hanson's ``ITMAX = 3 N``, also
+``scipy.optimize.nnls``'s default, for a cold start; a warm start usually needs one or two).
+Exact arithmetic cannot cycle, rounding on a singular Gram matrix (``lam = 0`` with collinear or
+duplicate gradients) could: hitting the cap raises RuntimeError naming the class, the pick and
+``lam > 0`` as the fix, instead of returning a truncated fit that would silently change the order.
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ from robustcore.scores.greedy import (
     run,
     steps,
 )
+
+NNLS_STEPS_PER_VARIABLE = 3  # Lawson-Hanson ITMAX = 3 N (scipy.optimize.nnls maxiter default)
+NNLS_STEPS_EXTRA = 30  # slack for the warm start's inherited positive set
 
 
 @register(
@@ -81,10 +91,19 @@ def gradmatch(
         if target == "mean":
             c /= n
         k = steps(n, budget)
-        order, correlation = (_omp_nonneg if nnls else _omp_ridge)(gram, c, lam, k)
+        if nnls:
+            where = f"score method 'gradmatch' ({_group(label)}, lam={lam})"
+            order, correlation = _omp_nonneg(gram, c, lam, k, where)
+        else:
+            order, correlation = _omp_ridge(gram, c, lam, k)
         return order, {"correlation": correlation}
 
     return run(inputs, per_class, solve)
+
+
+def _group(label: int | None) -> str:
+    """The group a greedy run covers, for messages."""
+    return "all samples" if label is None else f"class {label}"
 
 
 def _omp_ridge(gram: Rows, c: np.ndarray, lam: float, k: int):
@@ -107,11 +126,11 @@ def _omp_ridge(gram: Rows, c: np.ndarray, lam: float, k: int):
     return complete(order, np.abs(proj), picked), correlation
 
 
-def _omp_nonneg(gram: Rows, c: np.ndarray, lam: float, k: int):
+def _omp_nonneg(gram: Rows, c: np.ndarray, lam: float, k: int, where: str = "gradmatch"):
     """Non-negative OMP: argmax <g_e, r>, then the exact ridge NNLS refit after every pick."""
     n = gram.n
     picked_rows = np.empty((k, n))  # K[S_t, :]
-    solver = _GrowingNNLS(k)
+    solver = _GrowingNNLS(k, where)
     proj = c.copy()  # <g_e, b - A_S w>
     picked = np.zeros(n, dtype=bool)
     correlation = np.full(n, np.nan)
@@ -124,9 +143,8 @@ def _omp_nonneg(gram: Rows, c: np.ndarray, lam: float, k: int):
         picked_rows[t] = gram.row(j)
         m_row = picked_rows[t, order]
         m_row[t] += lam
-        w = solver.add(m_row, c[j], proj[j])
-        active = np.flatnonzero(w > 0)
-        proj = c - w[active] @ picked_rows[active] if active.size else c.copy()
+        w = solver.add(m_row, c[j], proj[j])  # 0 outside the positive set
+        proj = c - w @ picked_rows[: t + 1]  # no copy of the positive rows
     return complete(order, proj, picked), correlation
 
 
@@ -135,11 +153,14 @@ class _GrowingNNLS:
 
     Lawson-Hanson active set, warm-started from the previous solution (a new variable enters at 0),
     with the Cholesky factor of M[P, P] (P = the positive variables) extended in O(|P|^2) when a
-    variable enters and rebuilt only when one leaves.
+    variable enters and rebuilt only when one leaves. At most 3 t + 30 least-squares solves per
+    added variable (t = the variables so far); more raise RuntimeError naming `where`.
     """
 
-    def __init__(self, k: int) -> None:
-        """Room for k variables."""
+    def __init__(self, k: int, where: str = "gradmatch") -> None:
+        """Room for k variables; `where` names the caller in errors."""
+        self.where = where
+        self.solves = 0  # least-squares solves in the current `add`
         self.m = np.empty((k, k))
         self.c = np.empty(k)
         self.w = np.zeros(k)
@@ -155,6 +176,7 @@ class _GrowingNNLS:
         self.m[: t + 1, t] = m_row
         self.c[t] = c_new
         self.t += 1
+        self.solves = 0
         tol = 1e-12 * max(float(np.abs(self.c[: self.t]).max()), 1e-300)
         enter = t if grad_new > tol else None  # the others stay optimal: only t can enter first
         while enter is not None:
@@ -168,6 +190,19 @@ class _GrowingNNLS:
                 if grad[best] > tol:
                     enter = int(zero[best])
         return self.w[: self.t]
+
+    def _count(self) -> None:
+        """One more least-squares solve in this `add`; RuntimeError past the cap."""
+        self.solves += 1
+        cap = NNLS_STEPS_PER_VARIABLE * self.t + NNLS_STEPS_EXTRA
+        if self.solves > cap:
+            raise RuntimeError(
+                f"{self.where}: the non-negative least-squares refit after pick {self.t} did not "
+                f"converge within {cap} active-set steps ({NNLS_STEPS_PER_VARIABLE} x {self.t} + "
+                f"{NNLS_STEPS_EXTRA}): the gradients are (near-)collinear and the ridge term is "
+                f"too small to keep the Gram matrix definite; set lam > 0 (default 0.5), or "
+                f"nnls=False"
+            )
 
     def _extend(self, j: int) -> None:
         """Append variable j to P and its row to the Cholesky factor."""
@@ -198,6 +233,7 @@ class _GrowingNNLS:
     def _solve_passive(self, tol: float) -> None:
         """Inner loop: least squares on P, stepping back while a coefficient is not positive."""
         while self.passive:
+            self._count()
             p = len(self.passive)
             z = solve_triangular(
                 self.chol[:p, :p], self.y[:p], trans="T", lower=True, check_finite=False
@@ -215,9 +251,9 @@ class _GrowingNNLS:
             self._rebuild()
 
 
-def _nnls_gram(m: np.ndarray, c: np.ndarray) -> np.ndarray:
+def _nnls_gram(m: np.ndarray, c: np.ndarray, where: str = "gradmatch") -> np.ndarray:
     """min 1/2 w'Mw - c'w s.t. w >= 0 for a fixed SPD M (variables added one by one)."""
-    solver = _GrowingNNLS(len(c))
+    solver = _GrowingNNLS(len(c), where)
     w = np.zeros(0)
     for t in range(len(c)):
         grad = c[t] - m[t, :t] @ w
@@ -249,7 +285,8 @@ def gradmatch_weights(
             c /= len(rows)
         m = (rc @ rc.T) * (hc @ hc.T) + lam * np.eye(mine.size)
         if nnls:
-            weights[mine] = _nnls_gram(m, c)
+            where = f"gradmatch_weights ({_group(label)}, lam={lam})"
+            weights[mine] = _nnls_gram(m, c, where)
         else:
             weights[mine] = np.linalg.solve(m, c)
     return weights

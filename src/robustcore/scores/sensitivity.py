@@ -2,6 +2,8 @@
 
 All three read only the sensitivity table (``robustcore.sensitivity``): per sample the clean
 softmax p⁰ and prediction, and pᵏ, ŷᵏ for each k in the table (the paper: k ∈ {1, 4, 16, 64}).
+Per-sample components are computed block by block of samples (float64 within a block), so the
+N × (1 + K) × C probabilities are never in memory at once; ISEF's min-max comes at the end.
 
 Natural end = "high" for all three. The paper builds "(1) Top-ranked subsets, consisting of
 samples identified as highly vulnerable or uncertain, and (2) Bottom-ranked subsets, consisting
@@ -18,7 +20,7 @@ same score taken from the low end.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Real
 
 import numpy as np
@@ -26,40 +28,44 @@ import pandas as pd
 
 from robustcore.io import InputError
 from robustcore.scores.base import ScoreInputs, frame, register
-from robustcore.sensitivity import prob_columns
+from robustcore.sensitivity import SensitivityTable
 
 
-def sensitivity_arrays(inputs: ScoreInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The table in sample order: ks (K,), probs (N, 1+K, C), preds (N, 1+K); level 0 = clean."""
+def checked_table(inputs: ScoreInputs) -> tuple[SensitivityTable, np.ndarray]:
+    """The Sparse-FGSM table and each input sample's row in it; checks samples and labels."""
     table = inputs.sensitivity
     if table is None or len(table) == 0:
         raise InputError("sensitivity scores need the Sparse-FGSM table (sparse_fgsm.parquet)")
-    columns = prob_columns(table)
-    table = table[table["index"].isin(inputs.index)].sort_values(["index", "k"], kind="stable")
-    ks = np.unique(table["k"].to_numpy())
-    if ks[0] != 0 or len(ks) < 2:
+    rows = np.searchsorted(table.index, inputs.index).clip(max=len(table) - 1)
+    missing = inputs.index[table.index[rows] != inputs.index]
+    if len(missing):
         raise InputError(
-            "sensitivity table: needs clean rows (k = 0) and at least one k > 0, "
-            f"has k {ks.tolist()}"
+            f"sensitivity table: no row for {len(missing)} of the {len(inputs.index)} samples, "
+            f"e.g. index {missing[:5].tolist()}"
         )
-    n, levels = len(inputs.index), len(ks)
-    expected = n * levels
-    if len(table) != expected:
-        raise InputError(
-            f"sensitivity table: expected one row per sample and k ∈ {ks.tolist()} "
-            f"({n} × {levels} = {expected} rows), found {len(table)}"
-        )
-    index = table["index"].to_numpy().reshape(n, levels)
-    k = table["k"].to_numpy().reshape(n, levels)
-    if not (np.array_equal(index, np.repeat(inputs.index[:, None], levels, 1)) and (k == ks).all()):
-        raise InputError(
-            f"sensitivity table: every sample needs exactly one row for each k in {ks}"
-        )
-    if not np.array_equal(table["label"].to_numpy().reshape(n, levels)[:, 0], inputs.labels):
+    if not np.array_equal(table.labels[rows], inputs.labels):
         raise InputError("sensitivity table: labels disagree with the dataset's train labels")
-    probs = table[columns].to_numpy(np.float64).reshape(n, levels, len(columns))
-    preds = table["pred"].to_numpy().reshape(n, levels)
-    return ks[1:].astype(np.float64), probs, preds
+    return table, rows
+
+
+def blockwise(
+    table: SensitivityTable,
+    rows: np.ndarray,
+    components: Callable[[np.ndarray], tuple[np.ndarray, ...]],
+    levels: Sequence[int] | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Per-sample `components(float64 probs (b, L, C))`, block by block, at table rows `rows`.
+
+    L: the table's `levels` (k values) read, default all 1 + K.
+    """
+    parts: list[tuple[slice, tuple[np.ndarray, ...]]] = [
+        (block, components(probs.astype(np.float64))) for block, probs in table.prob_blocks(levels)
+    ]
+    columns = [np.empty(len(table)) for _ in parts[0][1]]
+    for block, values in parts:
+        for column, value in zip(columns, values, strict=True):
+            column[block] = value
+    return tuple(column[rows] for column in columns)
 
 
 def entropy10(probs: np.ndarray) -> np.ndarray:
@@ -108,11 +114,12 @@ def isef(inputs: ScoreInputs, *, seed: int, alpha: float) -> pd.DataFrame:
     misclassifies, else 0; S_ent = clean softmax entropy, base 10 (as the paper writes it).
     """
     alpha = _check_alpha(alpha)
-    ks, probs, preds = sensitivity_arrays(inputs)
-    wrong = preds != inputs.labels[:, None]
+    table, rows = checked_table(inputs)
+    ks = table.ks.astype(np.float64)
+    wrong = table.preds[rows] != inputs.labels[:, None]
     first = wrong[:, 1:].argmax(axis=1)  # the smallest misclassifying k (ks are ascending)
     s_inv = np.where(wrong[:, 0], 1.0, np.where(wrong[:, 1:].any(axis=1), 1.0 / ks[first], 0.0))
-    s_ent = entropy10(probs[:, 0])
+    (s_ent,) = blockwise(table, rows, lambda clean: (entropy10(clean[:, 0]),), levels=[0])
     score = alpha * minmax(s_inv) + (1 - alpha) * minmax(s_ent)
     return frame(inputs, score, s_inv=s_inv, s_ent=s_ent)
 
@@ -127,11 +134,16 @@ def fgsm_cs(inputs: ScoreInputs, *, seed: int, weights: Sequence[float]) -> pd.D
     label (Eq. 6 as written: whatever the clean prediction was), else 0.
     """
     w_adv, w_unc, w_rob = _check_weights(weights)
-    ks, probs, preds = sensitivity_arrays(inputs)
-    shift = np.abs(probs[:, :1] - probs[:, 1:]).sum(axis=2)  # (N, K) ‖p⁰ − pᵏ‖₁
-    s_adv = (shift / ks).sum(axis=1)
-    s_unc = entropy10(probs).max(axis=1)
-    s_rob = (preds[:, 1:] != inputs.labels[:, None]).any(axis=1).astype(np.float64)
+    table, rows = checked_table(inputs)
+    ks = table.ks.astype(np.float64)
+
+    def components(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """S_adv and S_unc of a block."""
+        shift = np.abs(probs[:, :1] - probs[:, 1:]).sum(axis=2)  # (b, K) ‖p⁰ − pᵏ‖₁
+        return (shift / ks).sum(axis=1), entropy10(probs).max(axis=1)
+
+    s_adv, s_unc = blockwise(table, rows, components)
+    s_rob = (table.preds[rows, 1:] != inputs.labels[:, None]).any(axis=1).astype(np.float64)
     score = w_adv * s_adv + w_unc * s_unc + w_rob * s_rob
     return frame(inputs, score, s_adv=s_adv, s_unc=s_unc, s_rob=s_rob)
 
@@ -142,7 +154,13 @@ def pss(inputs: ScoreInputs, *, seed: int) -> pd.DataFrame:
 
     The weight is Eq. 7's 1/(log₂(k) + 1); the prose's "log₂(k+1)" disagrees, the equation wins.
     """
-    ks, probs, _ = sensitivity_arrays(inputs)
-    shift = np.linalg.norm(probs[:, 1:] - probs[:, :1], axis=2)  # (N, K) ‖pᵏ − p⁰‖₂
-    score = (shift / (np.log2(ks) + 1.0)).sum(axis=1)
+    table, rows = checked_table(inputs)
+    weight = np.log2(table.ks.astype(np.float64)) + 1.0
+
+    def component(probs: np.ndarray) -> tuple[np.ndarray]:
+        """The score of a block."""
+        shift = np.linalg.norm(probs[:, 1:] - probs[:, :1], axis=2)  # (b, K) ‖pᵏ − p⁰‖₂
+        return ((shift / weight).sum(axis=1),)
+
+    (score,) = blockwise(table, rows, component)
     return frame(inputs, score)

@@ -6,6 +6,10 @@ from snakemake.utils import min_version
 min_version("8.0")
 
 
+# The HTML report's landing page (`snakemake --report report.html`): what was run, and the claims.
+report: "workflow/report/workflow.rst"
+
+
 # A preset given with --configfile replaces the default config instead of merging into it.
 if not workflow.overwrite_configfiles:
 

@@ -1,4 +1,5 @@
-"""EasyCore figures: files written, and the returned numbers checked against hand computations."""
+"""Figures: files written, numbers checked against hand computations, and readable: colour with
+markers, labels that avoid each other, informative labels, axes that show small differences."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from robustcore.io import InputError
-from robustcore.report import figures
+from robustcore.report import figures, plots
 
 
 def _assert_saved(stem) -> None:
@@ -248,3 +249,121 @@ def test_easy_hard_accuracy_bad_index(tmp_path):
         broken.loc[3, "index"] = bad
         with pytest.raises(InputError, match="index"):
             figures.easy_hard_accuracy(broken, np.arange(6.0), tmp_path / "x", bins=3)
+
+
+# -- the study figures: style, labels, layout ---------------------------------------------------
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the study plots would save, kept open for inspection."""
+    kept = []
+    monkeypatch.setattr(plots, "save", lambda fig, stem: kept.append(fig))
+    yield kept
+    for fig in kept:
+        plots.pyplot().close(fig)
+
+
+def _regime_table(regimes, seeds=3):
+    """A study of regimes on full data only: clean ~99 %, robust ~90-94 % (small differences)."""
+    rows = []
+    for i, regime in enumerate(regimes):
+        rows.append(
+            {"regime": regime, "selection": "full", "fraction": 1.0, "attack": "pgd",
+             "seeds": seeds, "seeds_expected": seeds, "clean_mean": 0.990 - 0.001 * i,
+             "clean_std": 0.003, "robust_mean": 0.90 + 0.004 * i, "robust_std": 0.01,
+             "train_passes_mean": 1e5 * (i + 1), "train_passes_std": 1e3,
+             "masking_flags": 0, "missing": False}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+REGIMES = ["pgd", "selective_random", "selective_margin", "selective_gradmatch", "standard",
+           "trades", "fgsm_rs", "acs", "selective_margin_r50", "selective_random_r50"]  # fmt: skip
+REGIME_STUDY = {"name": "sel", "dataset": "digits", "regimes": REGIMES, "seeds": [0, 1, 2],
+                "attacks": ["pgd"], "compute_reference": "pgd", "selections": [],
+                "fractions": []}  # fmt: skip
+
+
+def test_arm_styles_pair_a_safe_colour_with_a_marker():
+    styles = [plots.arm_style(i) for i in range(30)]
+    assert {s["color"] for s in styles} <= set(plots.PALETTE)
+    assert len({(s["color"], s["marker"], s["markerfacecolor"]) for s in styles}) == 30
+    assert "#F0E442" not in plots.PALETTE, "no yellow on white"
+
+
+def test_place_labels_never_overlap_and_stay_inside(tmp_path):
+    plt = plots.pyplot()
+    fig, (ax,) = plots.grid(1)
+    rng = np.random.default_rng(0)
+    points = [(float(x), float(y)) for x, y in rng.normal(0, 1, (40, 2))]
+    points += [(0.0, 0.0)] * 5  # five on one spot
+    ax.plot(*zip(*points, strict=True), "o")
+    boxes = plots.place_labels(ax, points, [f"label {i}" for i in range(len(points))])
+    placed = [b for b in boxes if b is not None]
+    frame = ax.get_window_extent()
+    assert len(placed) >= 20, "most labels find a place"
+    for i, (x0, y0, x1, y1) in enumerate(placed):
+        assert frame.x0 <= x0 and x1 <= frame.x1 and frame.y0 <= y0 and y1 <= frame.y1
+        for a0, b0, a1, b1 in placed[i + 1 :]:
+            assert not (x0 < a1 and a0 < x1 and y0 < b1 and b0 < y1), "labels overlap"
+    # The drawn labels are where place_labels says, at the resolution the figure is saved at.
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    drawn = [Text.get_window_extent(t) for t in ax.texts]  # the text, not its leader line
+    assert len(drawn) == len(placed)
+    for box in placed:
+        assert any(abs(t.x0 - box[0]) < 2 and abs(t.y1 - box[3]) < 2 for t in drawn), box
+    plt.close(fig)
+
+
+def test_regime_comparison_labels_name_the_regimes(drawn):
+    plots.plot_clean_vs_robust(_regime_table(REGIMES), REGIME_STUDY, None)
+    (fig,) = drawn
+    labels = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert labels and set(labels) <= set(REGIMES), labels
+    assert len(labels) == len(set(labels)), "one label per regime"
+    points = [c.lines[0] for c in fig.axes[0].containers]  # each arm's markers
+    assert len({(p.get_color(), p.get_marker()) for p in points}) == len(REGIMES)
+
+
+def test_coreset_trade_off_labels_its_fractions(drawn):
+    rows = []
+    for selection in ("random", "easy"):
+        for f in (0.1, 0.5):
+            row = _regime_table(["standard"]).iloc[0].to_dict()
+            rows.append({**row, "selection": selection, "fraction": f})
+    study = {**REGIME_STUDY, "regimes": None, "regime": "standard",
+             "selections": ["random", "easy"], "fractions": [0.1, 0.5]}  # fmt: skip
+    plots.plot_clean_vs_robust(pd.DataFrame(rows), study, None)
+    labels = {t.get_text() for ax in drawn[0].axes for t in ax.texts}
+    assert labels <= {"f=0.1", "f=0.5"} and labels
+
+
+def test_small_differences_get_a_dot_plot_not_a_zero_based_bar_chart(drawn):
+    plots.plot_fraction(_regime_table(REGIMES), REGIME_STUDY, None)
+    (fig,) = drawn
+    clean, robust = fig.axes[:2]
+    assert not clean.patches, "no bars"
+    assert clean.get_xlim()[0] > 90 and robust.get_xlim()[0] > 80, "the axis fits the data"
+    ticks = [t.get_text() for t in clean.get_yticklabels()]
+    assert ticks == REGIMES, "one row per arm, the first on top, named"
+    assert clean.get_yticks()[0] > clean.get_yticks()[-1]
+
+
+def test_panels_wrap_at_two_columns_readable_at_report_width(drawn):
+    study = {**REGIME_STUDY, "attacks": ["pgd", "pgd40", "aa"]}
+    table = pd.concat(
+        [_regime_table(REGIMES[:3]).assign(attack=a) for a in study["attacks"]],
+        ignore_index=True,
+    )
+    plots.plot_robust_vs_compute(table, study, None)
+    fig = drawn[0]
+    width, height = fig.get_size_inches()
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 3, "one panel per attack"
+    assert len({round(ax.get_position().x0, 2) for ax in visible}) == 2, "two columns"
+    # At 150 dpi and about 950 px of report width, 8.5-point text stays about 11 px or more.
+    scale = min(1.0, 950 / (width * plots.DPI))
+    assert 8.5 * plots.DPI / 72 * scale >= 11

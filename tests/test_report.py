@@ -12,6 +12,7 @@ import pytest
 from robustcore import report
 from robustcore.io import write_json
 from robustcore.report import tables
+from robustcore.report.index import Claim
 from robustcore.report.stats import mean_std, paired_interval, verdict
 
 STUDY = {
@@ -307,3 +308,84 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _html_rows(page: str, table: int = 0) -> list[list[str]]:
+    """The body rows of the n-th table of an HTML page, as cell texts (tags stripped)."""
+    import html
+    import re
+
+    body = page.split("<tbody>")[table + 1].split("</tbody>")[0]
+    return [
+        [
+            html.unescape(re.sub(r"<[^>]+>", "", c))
+            for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row)
+        ]
+        for row in re.findall(r"<tr>(.*?)</tr>", body)
+    ]
+
+
+def test_accuracy_table_as_html_with_marks_and_comparisons_only_when_compared(tmp_path):
+    study = {**STUDY, "mark_best": 2}
+    report.write_study(tmp_path / "plain", study, _write_evals(tmp_path / "evals"))
+    page = (tmp_path / "plain/tables/accuracy.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table>") == 1, "no empty table"
+    rows = _html_rows(page)
+    assert [r[:2] for r in rows] == [["standard", "random"], ["standard", "easy"],
+                                     ["standard", "full"]]  # fmt: skip
+    # Easy's robust accuracy at f = 0.1 is the best of its column, random's the second.
+    assert rows[1][3] == "41.7 ± 12.6¹" and rows[0][3] == "20.0 ± 10.0²"
+    assert 'class="num best1"' in page and 'class="num best2"' in page
+    assert "td.num { text-align: right" in page
+    compared = {**study, "compare": [{"a": "easy", "b": "random"}]}
+    report.write_study(tmp_path / "cmp", compared, _write_evals(tmp_path / "evals"))
+    page = (tmp_path / "cmp/tables/accuracy.html").read_text()
+    assert page.count("<table>") == 2
+    first = _html_rows(page, 1)[0]
+    assert first[:3] == ["easy − random (> 0)", "robust pgd, f = 0.1", "3"]
+    assert first[3] == "+21.7 [+14.5, +28.8]" and first[4] == "supports"  # 0.2, 0.2, 0.25
+
+
+def test_claim_verdicts_from_their_settings():
+    def claim(*verdicts):
+        return Claim("P", "s", "", "c", "m", list(verdicts))
+
+    assert claim("supports", "inconclusive").verdict == "supports"
+    assert claim("contradicts", "inconclusive").verdict == "contradicts"
+    assert claim("supports", "contradicts").verdict == "mixed"
+    assert claim("inconclusive").verdict == "inconclusive"
+    assert claim().verdict == "not judged"
+    assert claim("supports", "contradicts", "contradicts").counts == {
+        "supports": 1, "contradicts": 2, "inconclusive": 0
+    }  # fmt: skip
+
+
+def test_index_opens_with_the_claims_table_and_contents_and_writes_the_landing_table(tmp_path):
+    study = {**STUDY, "paper": "EasyCore (Someone et al.)", "category": "1 · EasyCore",
+             "compare": [{"a": "easy", "b": "random", "claim": "Easy beats random.",
+                          "source": "T1"}]}  # fmt: skip
+    files = _write_evals(tmp_path / "evals")
+    # Make f = 0.5 the better-powered setting: its differences vary less over seeds.
+    for seed, robust in ((0, 0.32), (1, 0.43), (2, 0.52)):
+        path = tmp_path / "evals" / f"easy-0.5-{seed}.json"
+        write_json(path, {**json.loads(path.read_text()), "robust_acc": robust})
+    out = tmp_path / "report"
+    report.write_study(out / "demo", study, files)
+    report.write_index(out / "index.md", {"demo": study})
+    index = (out / "index.md").read_text()
+    head = index.split("## Claims vs measured")[0]
+    assert "## Contents" in head and "[demo](#demo)" in head
+    row = next(line for line in head.splitlines() if line.startswith("| EasyCore |"))
+    assert row == (
+        "| EasyCore | Easy beats random. | T1 · [demo](#demo) | easy − random, robust pgd at "
+        "f=0.5: +22.3 pp [+20.9, +23.8] | **supports** (2 / 0 / 0) |"
+    )
+    assert "1 claims: 1 supported" in head
+    claims = (out / "claims.html").read_text()
+    assert claims.count('<tr class="claim">') == 1 and 'id="claims"' in claims
+    assert "Easy beats random." in claims and "+22.3 pp [+20.9, +23.8]" in claims
+    import html
+
+    link = "results['" + (out / "demo/tables/accuracy.html").as_posix() + "'].data_uri"
+    assert link in html.unescape(claims) and "category:'1 · EasyCore'" in html.unescape(claims)
+    assert '<span class="verdict supports">supports</span>' in claims

@@ -1,39 +1,39 @@
+# Categories, labels and params of the HTML report.
+include: "report_common.smk"
+
+
 rule report_study:
     input:
         study_evals,
     output:
-        table_md=report(
-            "results/report/{study}/tables/accuracy.md",
+        table_html=report(
+            "results/report/{study}/tables/accuracy.html",
             caption="../report/accuracy_table.rst",
-            category="{study}",
-            subcategory="tables",
-            labels={"kind": "table", "name": "accuracy"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("accuracy.html"),
         ),
+        table_md="results/report/{study}/tables/accuracy.md",
         table_csv="results/report/{study}/tables/accuracy.csv",
         table_tex="results/report/{study}/tables/accuracy.tex",
-        comparisons_md=report(
-            "results/report/{study}/tables/comparisons.md",
-            caption="../report/comparisons.rst",
-            category="{study}",
-            subcategory="tables",
-            labels={"kind": "table", "name": "paired comparisons"},
-        ),
+        # Shown in the report inside accuracy.html, and only where the study compares arms.
+        comparisons_md="results/report/{study}/tables/comparisons.md",
         comparisons_csv="results/report/{study}/tables/comparisons.csv",
         comparisons_tex="results/report/{study}/tables/comparisons.tex",
         fraction_png=report(
             "results/report/{study}/figures/accuracy_vs_fraction.png",
             caption="../report/accuracy_vs_fraction.rst",
-            category="{study}",
-            subcategory="figures",
-            labels={"kind": "figure", "name": "accuracy vs fraction"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("accuracy_vs_fraction.png"),
         ),
         fraction_pdf="results/report/{study}/figures/accuracy_vs_fraction.pdf",
         tradeoff_png=report(
             "results/report/{study}/figures/clean_vs_robust.png",
             caption="../report/clean_vs_robust.rst",
-            category="{study}",
-            subcategory="figures",
-            labels={"kind": "figure", "name": "clean vs robust"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("clean_vs_robust.png"),
         ),
         tradeoff_pdf="results/report/{study}/figures/clean_vs_robust.pdf",
     log:
@@ -42,9 +42,9 @@ rule report_study:
         "../../envs/report.yaml"
     params:
         code=code_version("report"),
-        study=study_json,
+        study=study_param,
     shell:
-        "python -m robustcore report --part study --study {params.study:q} "
+        "python -m robustcore report --part study --study {params.study:jsonq} "
         "--out results/report/{wildcards.study} {input:q} > {log} 2>&1"
 
 
@@ -52,21 +52,22 @@ rule report_compute:
     input:
         study_evals,
     output:
-        table_md=report(
-            "results/report/{study}/tables/compute.md",
+        table_html=report(
+            "results/report/{study}/tables/compute.html",
             caption="../report/compute_table.rst",
-            category="{study}",
-            subcategory="tables",
-            labels={"kind": "table", "name": "compute"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("compute.html"),
         ),
+        table_md="results/report/{study}/tables/compute.md",
         table_csv="results/report/{study}/tables/compute.csv",
         table_tex="results/report/{study}/tables/compute.tex",
         figure_png=report(
             "results/report/{study}/figures/robust_vs_compute.png",
             caption="../report/robust_vs_compute.rst",
-            category="{study}",
-            subcategory="figures",
-            labels={"kind": "figure", "name": "robust vs compute"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("robust_vs_compute.png"),
         ),
         figure_pdf="results/report/{study}/figures/robust_vs_compute.pdf",
     log:
@@ -75,9 +76,9 @@ rule report_compute:
         "../../envs/report.yaml"
     params:
         code=code_version("report"),
-        study=study_json,
+        study=study_param,
     shell:
-        "python -m robustcore report --part compute --study {params.study:q} "
+        "python -m robustcore report --part compute --study {params.study:jsonq} "
         "--out results/report/{wildcards.study} {input:q} > {log} 2>&1"
 
 
@@ -88,9 +89,9 @@ rule plot_top_vs_bottom:
         png=report(
             "results/report/{study}/figures/top_vs_bottom.png",
             caption="../report/top_vs_bottom.rst",
-            category="{study}",
-            subcategory="figures",
-            labels={"kind": "figure", "name": "top vs bottom"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("top_vs_bottom.png"),
         ),
         pdf="results/report/{study}/figures/top_vs_bottom.pdf",
     log:
@@ -99,9 +100,9 @@ rule plot_top_vs_bottom:
         "../../envs/report.yaml"
     params:
         code=code_version("report"),
-        study=study_json,
+        study=study_param,
     shell:
-        "python -m robustcore report --part top_vs_bottom --study {params.study:q} "
+        "python -m robustcore report --part top_vs_bottom --study {params.study:jsonq} "
         "--out results/report/{wildcards.study} {input:q} > {log} 2>&1"
 
 
@@ -112,18 +113,18 @@ rule plot_hardness:
         examples=report(
             "results/report/{study}/figures/hardness_examples.png",
             caption="../report/hardness_examples.rst",
-            category="{study}",
-            subcategory="figures",
-            labels={"kind": "figure", "name": "easiest and hardest images"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("hardness_examples.png"),
         ),
         examples_pdf="results/report/{study}/figures/hardness_examples.pdf",
         examples_json="results/report/{study}/figures/hardness_examples.json",
         distribution=report(
             "results/report/{study}/figures/hardness_distribution.png",
             caption="../report/hardness_distribution.rst",
-            category="{study}",
-            subcategory="figures",
-            labels={"kind": "figure", "name": "AIGN distribution"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("hardness_distribution.png"),
         ),
         distribution_pdf="results/report/{study}/figures/hardness_distribution.pdf",
         distribution_json="results/report/{study}/figures/hardness_distribution.json",
@@ -133,9 +134,9 @@ rule plot_hardness:
         "../../envs/torch.yaml"
     params:
         code=code_version("figure"),
-        figure=lambda wc: ordered_json(hardness_params(wc)),
+        figure=figure_param(hardness_params, "hardness"),
     shell:
-        "python -m robustcore figure --kind hardness --params {params.figure:q} "
+        "python -m robustcore figure --kind hardness --params {params.figure:jsonq} "
         "--out results/report/{wildcards.study} > {log} 2>&1"
 
 
@@ -146,12 +147,19 @@ rule plot_proxy_agreement:
         png=report(
             "results/report/{study}/figures/proxy_agreement.png",
             caption="../report/proxy_agreement.rst",
-            category="{study}",
-            subcategory="figures",
-            labels={"kind": "figure", "name": "proxy agreement"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("proxy_agreement.png"),
         ),
         pdf="results/report/{study}/figures/proxy_agreement.pdf",
         table_csv="results/report/{study}/tables/proxy_agreement.csv",
+        table_html=report(
+            "results/report/{study}/tables/proxy_agreement.html",
+            caption="../report/figure_numbers.rst",
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("proxy_agreement.html"),
+        ),
         table_md="results/report/{study}/tables/proxy_agreement.md",
         table_tex="results/report/{study}/tables/proxy_agreement.tex",
     log:
@@ -160,9 +168,9 @@ rule plot_proxy_agreement:
         "../../envs/report.yaml"
     params:
         code=code_version("figure"),
-        figure=lambda wc: ordered_json(proxy_agreement_params(wc)),
+        figure=figure_param(proxy_agreement_params, "proxy_agreement"),
     shell:
-        "python -m robustcore figure --kind proxy_agreement --params {params.figure:q} "
+        "python -m robustcore figure --kind proxy_agreement --params {params.figure:jsonq} "
         "--out results/report/{wildcards.study} > {log} 2>&1"
 
 
@@ -173,9 +181,9 @@ rule plot_decision_boundary:
         png=report(
             "results/report/{study}/figures/decision_boundary.png",
             caption="../report/decision_boundary.rst",
-            category="{study}",
-            subcategory="figures",
-            labels={"kind": "figure", "name": "decision boundary"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("decision_boundary.png"),
         ),
         pdf="results/report/{study}/figures/decision_boundary.pdf",
         measured="results/report/{study}/figures/decision_boundary.json",
@@ -185,9 +193,9 @@ rule plot_decision_boundary:
         "../../envs/torch.yaml"
     params:
         code=code_version("figure"),
-        figure=lambda wc: ordered_json(decision_boundary_params(wc)),
+        figure=figure_param(decision_boundary_params, "decision_boundary"),
     shell:
-        "python -m robustcore figure --kind decision_boundary --params {params.figure:q} "
+        "python -m robustcore figure --kind decision_boundary --params {params.figure:jsonq} "
         "--out results/report/{wildcards.study} > {log} 2>&1"
 
 
@@ -198,9 +206,9 @@ rule plot_feature_projection:
         png=report(
             "results/report/{study}/figures/feature_projection.png",
             caption="../report/feature_projection.rst",
-            category="{study}",
-            subcategory="figures",
-            labels={"kind": "figure", "name": "feature projection"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("feature_projection.png"),
         ),
         pdf="results/report/{study}/figures/feature_projection.pdf",
         measured="results/report/{study}/figures/feature_projection.json",
@@ -215,9 +223,9 @@ rule plot_feature_projection:
         gpu=job_gpus("plot_feature_projection"),
     params:
         code=code_version("figure"),
-        figure=lambda wc: ordered_json(feature_projection_params(wc)),
+        figure=figure_param(feature_projection_params, "feature_projection"),
     shell:
-        "python -m robustcore figure --kind feature_projection --params {params.figure:q} "
+        "python -m robustcore figure --kind feature_projection --params {params.figure:jsonq} "
         "--out results/report/{wildcards.study} > {log} 2>&1"
 
 
@@ -228,12 +236,19 @@ rule plot_sparse_fgsm_signal:
         png=report(
             "results/report/{study}/figures/sparse_fgsm_signal.png",
             caption="../report/sparse_fgsm_signal.rst",
-            category="{study}",
-            subcategory="figures",
-            labels={"kind": "figure", "name": "sparse FGSM signal"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("sparse_fgsm_signal.png"),
         ),
         pdf="results/report/{study}/figures/sparse_fgsm_signal.pdf",
         table_csv="results/report/{study}/tables/sparse_fgsm_signal.csv",
+        table_html=report(
+            "results/report/{study}/tables/sparse_fgsm_signal.html",
+            caption="../report/figure_numbers.rst",
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("sparse_fgsm_signal.html"),
+        ),
         table_md="results/report/{study}/tables/sparse_fgsm_signal.md",
         table_tex="results/report/{study}/tables/sparse_fgsm_signal.tex",
     log:
@@ -249,9 +264,9 @@ rule plot_sparse_fgsm_signal:
         gpu=job_gpus("plot_sparse_fgsm_signal"),
     params:
         code=code_version("figure"),
-        figure=lambda wc: ordered_json(sparse_fgsm_signal_params(wc)),
+        figure=figure_param(sparse_fgsm_signal_params, "sparse_fgsm_signal"),
     shell:
-        "python -m robustcore figure --kind sparse_fgsm_signal --params {params.figure:q} "
+        "python -m robustcore figure --kind sparse_fgsm_signal --params {params.figure:jsonq} "
         "--out results/report/{wildcards.study} > {log} 2>&1"
 
 
@@ -262,12 +277,19 @@ rule plot_easy_hard_accuracy:
         png=report(
             "results/report/{study}/figures/easy_hard_accuracy.png",
             caption="../report/easy_hard_accuracy.rst",
-            category="{study}",
-            subcategory="figures",
-            labels={"kind": "figure", "name": "accuracy by test hardness"},
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("easy_hard_accuracy.png"),
         ),
         pdf="results/report/{study}/figures/easy_hard_accuracy.pdf",
         table_csv="results/report/{study}/tables/easy_hard_accuracy.csv",
+        table_html=report(
+            "results/report/{study}/tables/easy_hard_accuracy.html",
+            caption="../report/figure_numbers.rst",
+            category=report_category,
+            subcategory="{study}",
+            labels=report_labels("easy_hard_accuracy.html"),
+        ),
         table_md="results/report/{study}/tables/easy_hard_accuracy.md",
         table_tex="results/report/{study}/tables/easy_hard_accuracy.tex",
         diffs="results/report/{study}/tables/easy_hard_accuracy_diffs.csv",
@@ -277,9 +299,9 @@ rule plot_easy_hard_accuracy:
         "../../envs/report.yaml"
     params:
         code=code_version("figure"),
-        figure=lambda wc: ordered_json(easy_hard_params(wc)),
+        figure=figure_param(easy_hard_params, "easy_hard_accuracy"),
     shell:
-        "python -m robustcore figure --kind easy_hard_accuracy --params {params.figure:q} "
+        "python -m robustcore figure --kind easy_hard_accuracy --params {params.figure:jsonq} "
         "--out results/report/{wildcards.study} > {log} 2>&1"
 
 
@@ -287,18 +309,16 @@ rule report_index:
     input:
         [file for name in config["studies"] for file in study_outputs(name)],
     output:
-        report(
-            "results/report/index.md",
-            caption="../report/index.rst",
-            category="index",
-            labels={"kind": "index"},
-        ),
+        index="results/report/index.md",
+        # The report's landing page (workflow/report/workflow.rst) includes this table.
+        claims="results/report/claims.html",
     log:
         "logs/report_index.log",
     conda:
         "../../envs/report.yaml"
     params:
         code=code_version("report"),
-        studies=report_studies(),
+        studies=lambda wildcards: index_studies(),
     shell:
-        "python -m robustcore report --index --study {params.studies:q} --out {output} > {log} 2>&1"
+        "python -m robustcore report --index --study {params.studies:jsonq} --out {output.index} "
+        "> {log} 2>&1"

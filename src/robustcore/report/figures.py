@@ -10,6 +10,7 @@ import pandas as pd
 from scipy import stats
 
 from robustcore.io import InputError
+from robustcore.report.plots import PALETTE, arm_style
 from robustcore.report.plots import pyplot as _pyplot
 from robustcore.report.plots import save as _save
 
@@ -19,6 +20,12 @@ if TYPE_CHECKING:
 SCORE_LABEL = "AIGN (input-gradient L2 norm, mean over epochs)"
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 STYLES = ["-", "--", ":", "-."]
+# Paul Tol's "muted" scheme (safe for colour-blind readers) and a dark grey: up to 10 classes,
+# each also with its own marker.
+CLASS_COLORS = ["#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677",
+                "#882255", "#AA4499", "#555555"]  # fmt: skip
+# Predicted-class regions and the two classes' points (Okabe–Ito blue and vermillion).
+REGION_COLORS = ["#d6e6f2", "#f7dccb"]
 
 
 def _vector(name: str, values: np.ndarray, n: int | None = None) -> np.ndarray:
@@ -188,7 +195,7 @@ def plot_hardness_distribution(
 
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.hist(score, bins=50, color="0.7", edgecolor="black", linewidth=0.5)
+    left.hist(score, bins=50, color=PALETTE[0], alpha=0.75, edgecolor="white", linewidth=0.4)
     left.axvline(median, color="black", linestyle="--", label=f"median = {median:.3g}")
     left.axvline(p99, color="black", linestyle=":", label=f"99th percentile = {p99:.3g}")
     left.set_xlabel(SCORE_LABEL)
@@ -197,16 +204,14 @@ def plot_hardness_distribution(
     left.legend(fontsize=8)
     epochs = np.arange(1, trajectories.shape[1] + 1)
     pct = f"{100 * share:g} %"
-    for group, name, style, hatch, grey in (
-        (easy, f"easiest {pct} (lowest AIGN)", "-", "//", "0.85"),
-        (hard, f"hardest {pct} (highest AIGN)", "--", "\\\\", "0.65"),
+    for group, name, style, marker, color in (
+        (easy, f"easiest {pct} (lowest AIGN)", "-", "o", PALETTE[0]),
+        (hard, f"hardest {pct} (highest AIGN)", "--", "s", PALETTE[1]),
     ):
         q1, mid, q3 = np.percentile(group, [25, 50, 75], axis=0)
-        right.fill_between(
-            epochs, q1, q3, facecolor=grey, edgecolor="0.4", hatch=hatch, linewidth=0, alpha=0.6
-        )
+        right.fill_between(epochs, q1, q3, facecolor=color, linewidth=0, alpha=0.2)
         right.plot(
-            epochs, mid, color="black", linestyle=style, marker="o", markersize=3, label=name
+            epochs, mid, color=color, linestyle=style, marker=marker, markersize=3.5, label=name
         )
     right.set_xlabel("proxy training epoch")
     right.set_ylabel("input-gradient L2 norm (median, IQR band)")
@@ -278,9 +283,9 @@ def plot_proxy_agreement(
 
     plt = _pyplot()
     panels = 1 + len(table)
-    ncols = min(3, panels)
+    ncols = min(2, panels)
     nrows = -(-panels // ncols)
-    fig, grid = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.9 * nrows), squeeze=False)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.9 * nrows), squeeze=False)
     axes = grid.flat
     for spare in list(grid.flat)[panels:]:
         spare.set_visible(False)
@@ -292,7 +297,7 @@ def plot_proxy_agreement(
             values,
             bins=bins,
             histtype="step",
-            color=str(0.6 * i / max(1, len(normalized) - 1)),
+            color=PALETTE[i % len(PALETTE)],
             linestyle=STYLES[i % len(STYLES)],
             linewidth=1.5,
             label=name,
@@ -303,7 +308,10 @@ def plot_proxy_agreement(
     ax.legend(fontsize=8)
     pct = f"{100 * fraction:g} %"
     for ax, row in zip(list(grid.flat)[1:panels], table.itertuples(), strict=True):
-        ax.scatter(ranks[row.a], ranks[row.b], s=2, color="0.5", linewidths=0, rasterized=True)
+        ax.scatter(
+            ranks[row.a], ranks[row.b], s=2, color=PALETTE[0], alpha=0.5, linewidths=0,
+            rasterized=True,
+        )  # fmt: skip
         ax.plot([0, 100], [0, 100], color="black", linestyle="--", linewidth=1)
         ax.text(
             0.03,
@@ -397,24 +405,26 @@ def decision_boundary(
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    ncols = min(3, len(models))
+    ncols = min(2, len(models))
     nrows = -(-len(models) // ncols)
-    fig, grid = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.2 * nrows), squeeze=False)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4.6 * nrows), squeeze=False)
     for spare in list(grid.flat)[len(models) :]:
         spare.set_visible(False)
     result = {}
     for ax, (name, model) in zip(grid.flat, models.items(), strict=False):
         x, y = checked[name]
         prob = _predict_proba(model, grid_points).reshape(resolution, resolution)
-        ax.contourf(gx, gy, prob, levels=[0.0, 0.5, 1.0], colors=["0.93", "0.78"])
+        ax.contourf(gx, gy, prob, levels=[0.0, 0.5, 1.0], colors=REGION_COLORS)
         contour = ax.contour(gx, gy, prob, levels=[0.5], colors="black", linewidths=1.5)
         measures = [_polyline_measures(seg) for seg in contour.allsegs[0] if len(seg) > 1]
         length = float(sum(m[0] for m in measures))
         turning = float(sum(m[1] for m in measures))
         accuracy = float(np.mean((_predict_proba(model, x) > 0.5) == (y == 1))) if len(x) else 0.0
         zero, one = x[y == 0], x[y == 1]
-        ax.scatter(zero[:, 0], zero[:, 1], marker="o", s=18, facecolors="none", edgecolors="k")
-        ax.scatter(one[:, 0], one[:, 1], marker="^", s=18, color="black")
+        ax.scatter(
+            zero[:, 0], zero[:, 1], marker="o", s=18, facecolors="none", edgecolors=PALETTE[0]
+        )
+        ax.scatter(one[:, 0], one[:, 1], marker="^", s=18, color=PALETTE[1])
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_aspect("equal")
@@ -433,11 +443,11 @@ def decision_boundary(
             "n": int(len(x)),
         }
     handles = [
-        Patch(facecolor="0.93", edgecolor="black", label="predicted class 0"),
-        Patch(facecolor="0.78", edgecolor="black", label="predicted class 1"),
+        Patch(facecolor=REGION_COLORS[0], edgecolor="black", label="predicted class 0"),
+        Patch(facecolor=REGION_COLORS[1], edgecolor="black", label="predicted class 1"),
         Line2D([], [], color="black", label="boundary p(class 1) = 0.5"),
-        Line2D([], [], marker="o", color="black", markerfacecolor="none", ls="", label="class 0"),
-        Line2D([], [], marker="^", color="black", ls="", label="class 1"),
+        Line2D([], [], marker="o", color=PALETTE[0], mfc="none", ls="", label="class 0"),
+        Line2D([], [], marker="^", color=PALETTE[1], ls="", label="class 1"),
     ]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
@@ -524,7 +534,6 @@ def feature_projection(
         sharex="row",
         sharey="row",
     )
-    greys = np.linspace(0.0, 0.65, len(classes))
     pct = f"{100 * share:g} %"
     for row, (name, projected) in enumerate(projections.items()):
         centres = np.zeros((len(classes), 2))
@@ -544,7 +553,7 @@ def feature_projection(
                     chosen[:, 1],
                     s=6,
                     marker=MARKERS[j % len(MARKERS)],
-                    color=str(greys[j]),
+                    color=CLASS_COLORS[j % len(CLASS_COLORS)],
                     linewidths=0.3,
                     rasterized=True,
                     label=f"class {c}",
@@ -648,9 +657,10 @@ def easy_hard_accuracy(
 
     plt = _pyplot()
     fractions = list(dict.fromkeys(table["fraction"]))
-    ncols = min(3, len(fractions))
+    ncols = min(2, len(fractions))
     nrows = -(-len(fractions) // ncols)
-    fig, grid = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.8 * nrows), squeeze=False)
+    width = 6.4 if ncols == 1 else 4.6
+    fig, grid = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.8 * nrows), squeeze=False)
     for spare in list(grid.flat)[len(fractions) :]:
         spare.set_visible(False)
     quantile = _quantile_name(bins)
@@ -665,11 +675,8 @@ def easy_hard_accuracy(
                 100 * line["robust_mean"],
                 yerr=100 * line["robust_std"].fillna(0),
                 label=selection,
-                color="black" if i % 2 == 0 else "0.45",
-                linestyle=STYLES[(i + i // len(MARKERS)) % len(STYLES)],
-                marker=MARKERS[i % len(MARKERS)],
-                markerfacecolor="white" if i % 2 else "black",
                 capsize=3,
+                **arm_style(i),
             )
         ax.set_xticks(range(1, bins + 1))
         ax.set_xlabel(f"test-sample hardness {quantile} (1 = lowest AIGN)")
@@ -697,13 +704,13 @@ def easy_hard_accuracy(
 def sparse_fgsm_signal(rates: pd.DataFrame, stem: Path) -> None:
     """Flip rate against k, one line per ε (mean ± std over seeds), from a signal table."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ks = sorted(int(c.removeprefix("flip_k")) for c in rates.columns if c.startswith("flip_k"))
     for i, (eps, group) in enumerate(rates.groupby("eps", sort=True)):
         values = group[[f"flip_k{k}" for k in ks]].to_numpy(dtype=np.float64)
         ax.errorbar(
             ks, values.mean(0), yerr=values.std(0, ddof=1) if len(values) > 1 else None,
-            marker="os^Dv"[i % 5], capsize=3, label=f"ε = {eps:.4g}",
+            capsize=3, label=f"ε = {eps:.4g}", **arm_style(i),
         )  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])

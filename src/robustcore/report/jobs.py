@@ -111,9 +111,12 @@ def proxy_agreement(params: dict[str, Any], out_dir: Path) -> None:
 
 
 def _write_table(stem: Path, frame: pd.DataFrame, shown: pd.DataFrame, caption: str) -> None:
-    from robustcore.report import write_table
+    """stem.csv (frame), stem.md, stem.tex and stem.html (shown, with the caption)."""
+    from robustcore.report import pages, write_table
 
-    write_table(stem, frame, tables.frame_markdown(shown), tables.frame_latex(shown, caption))
+    study = stem.parent.parent.name
+    page = pages.page(f"{study}: {caption}", [pages.frame_table(shown)])
+    write_table(stem, frame, tables.frame_markdown(shown), tables.frame_latex(shown, caption), page)
 
 
 def _load_model(path: str, device: str = "cpu"):

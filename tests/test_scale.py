@@ -198,3 +198,13 @@ def test_gradmatch_over_all_cifar10_samples_is_refused_for_its_nnls_systems(cifa
     assert "per_class: true" in problem and "budget: 0.5" in problem
     fixed = with_score(cifar10, {"method": "gradmatch", "per_class": False, "budget": 0.5})
     assert scale.check(fixed) == []
+
+
+def test_only_fixes_that_fit_are_suggested_and_none_is_said_so():
+    config = preset("imagenet")
+    half = with_score(config, {"method": "glister"}, fractions=(0.1, 0.5))
+    (problem,) = scale.check(half)  # 77 h; a budget of 0.5 still needs about 39 h
+    assert "no setting of this method fits these limits (tried budget: 0.5" in problem
+    bottom = with_score(preset("cifar10"), {"method": "gradmatch", "per_class": False}, "bottom")
+    (problem,) = scale.check(bottom)  # the bottom end reads the whole order: no budget
+    assert problem.endswith("set per_class: true")

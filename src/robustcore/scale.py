@@ -222,7 +222,13 @@ def _estimate(memory: dict[str, float], work: dict[str, float]) -> Estimate:
 
 def score_estimate(config: dict[str, Any], dataset: str, proxy: str, score: str) -> Estimate:
     """The estimate of one score job (a `scores` entry on a dataset's proxy)."""
-    entry = config["scores"][score]
+    return entry_estimate(config, dataset, proxy, config["scores"][score])
+
+
+def entry_estimate(
+    config: dict[str, Any], dataset: str, proxy: str, entry: dict[str, Any]
+) -> Estimate:
+    """The estimate of a score method's entry (method and parameters) on a dataset's proxy."""
     method = entry["method"]
     shape = shape_of(config, dataset, proxy)
     limits = config["limits"]
@@ -240,24 +246,57 @@ def score_estimate(config: dict[str, Any], dataset: str, proxy: str, score: str)
     return pointwise_estimate(shape, int(epochs))
 
 
-def _fixes(method: str, entry: dict[str, Any], fraction: float | None) -> str:
-    """The settings that shrink a method's estimate."""
+def _fits(limits: dict[str, Any], method: str, est: Estimate) -> bool:
+    """Whether an estimate fits the node (a GPU's memory for DeepFool)."""
+    memory = limits["gpu_mem_gb"] if method == "deepfool" else limits["mem_gb"]
+    return est.mem_bytes <= memory * 1e9 and est.seconds <= limits["hours"] * 3600
+
+
+def _fixes(
+    config: dict[str, Any], dataset: str, proxy: str, entry: dict[str, Any], fraction: float | None
+) -> str:
+    """The settings of the entry that bring its estimate within the limits (each one checked)."""
+    method = entry["method"]
+    candidates: list[tuple[str, dict[str, Any]]] = []
     if method == "deepfool":
-        return (
-            "set top_classes: 10 (the DeepFool reference code's num_classes) or a lower batch_size"
-        )
-    if method == "cal":
-        return "set per_class: true"
-    fixes = []
-    if not entry.get("per_class", True) and method != "craig":
-        fixes.append("per_class: true")
-    if entry.get("budget") is None and fraction is not None:
-        fixes.append(f"budget: {fraction:g} (the largest fraction selected from it)")
-    return "set " + " or ".join(fixes) if fixes else "use a larger node (limits)"
+        if entry.get("top_classes") is None or entry["top_classes"] > 10:
+            candidates.append(("top_classes: 10 (the DeepFool reference code's num_classes)",
+                               {"top_classes": 10}))  # fmt: skip
+        batch = int(entry.get("batch_size", 256))
+        while batch > 1:
+            batch //= 2
+            candidates.append((f"batch_size: {batch}", {"batch_size": batch}))
+    elif method == "cal" or (method in ORDER_METHODS and method != "craig"):
+        if not entry.get("per_class", True):
+            candidates.append(("per_class: true", {"per_class": True}))
+    if method in ORDER_METHODS and entry.get("budget") is None and fraction and fraction < 1:
+        note = " (the largest fraction selected from it)"
+        candidates.append((f"budget: {fraction:g}{note}", {"budget": fraction}))
+        if not entry.get("per_class", True) and method != "craig":
+            candidates.append((f"per_class: true and budget: {fraction:g}",
+                               {"per_class": True, "budget": fraction}))  # fmt: skip
+    fitting = []
+    for text, change in candidates:
+        if _fits(
+            config["limits"], method, entry_estimate(config, dataset, proxy, {**entry, **change})
+        ):
+            fitting.append(text)
+            if method == "deepfool":
+                break  # the first (largest) batch size that fits
+    if fitting:
+        return "set " + " or ".join(fitting)
+    tried = f" (tried {', '.join(t for t, _ in candidates)})" if candidates else ""
+    return (
+        f"no setting of this method fits these limits{tried}: raise limits if your nodes are "
+        "larger or faster, or leave the method out"
+    )
 
 
 def score_jobs(config: dict[str, Any]) -> dict[tuple[str, str, str], float | None]:
-    """Every (dataset, proxy, score) the studies compute, and the largest fraction kept from it."""
+    """Every (dataset, proxy, score) the studies compute, and the largest fraction kept from it.
+
+    A selection that keeps the last picks (high, bottom, hybrid) reads the whole order: 1.
+    """
     jobs: dict[tuple[str, str, str], float | None] = {}
 
     def add(dataset: str, proxy: str | None, score: str, fraction: float | None) -> None:
@@ -272,7 +311,9 @@ def score_jobs(config: dict[str, Any]) -> dict[tuple[str, str, str], float | Non
             selection = config["selections"][name]
             if selection["keep"] != "random":
                 proxy = selection.get("proxy", study.get("proxy"))
-                add(study["dataset"], proxy, selection["score"], max(study["fractions"]))
+                first_picks = selection["keep"] in ("top", "low")
+                fraction = max(study["fractions"]) if first_picks else 1.0
+                add(study["dataset"], proxy, selection["score"], fraction)
         for kind, figure in (study.get("figures") or {}).items():
             proxies = figure.get("proxies") if kind == "proxy_agreement" else [study.get("proxy")]
             scores = figure.get("scores", [figure["score"]] if "score" in figure else [])
@@ -296,14 +337,14 @@ def check(config: dict[str, Any]) -> list[str]:
         if est.mem_bytes > memory_limit * 1e9:
             problems.append(
                 f"{where}: needs about {_gb(est.mem_bytes)} ({est.mem_detail}) but "
-                f"{memory_key} = {memory_limit}; {_fixes(method, entry, fraction)}"
+                f"{memory_key} = {memory_limit}; {_fixes(config, dataset, proxy, entry, fraction)}"
             )
         if est.seconds > limits["hours"] * 3600:
             problems.append(
                 f"{where}: needs about {_hours(est.seconds)} of CPU time ({est.time_detail}) "
                 f"at limits.cpu_gflops = {limits['cpu_gflops']} and limits.cpu_gbps = "
                 f"{limits['cpu_gbps']}, over limits.hours = {limits['hours']}; "
-                f"{_fixes(method, entry, fraction)}"
+                f"{_fixes(config, dataset, proxy, entry, fraction)}"
             )
     problems += order_misuse(config)
     return problems

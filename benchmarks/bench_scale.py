@@ -59,17 +59,11 @@ PRESET_FRACTIONS = {
 }
 
 
-def model_estimate(shape: str, method: str, params: dict) -> scale.Estimate:
-    """robustcore.scale's estimate for a method on a dataset shape, at the default limits."""
+def model_estimate(shape: str, method: str, params: dict, group: int | None = None):
+    """robustcore.scale's estimate on a dataset shape at the default limits (group: class size)."""
     n, classes, features, largest, epochs, values = SHAPES[shape]
-    dims = scale.Shape(n, classes, features, values, largest)
-    if method in scale.ORDER_METHODS:
-        return scale.greedy_estimate(method, params, dims, LIMITS)
-    if method == "cal":
-        return scale.cal_estimate(params, dims, LIMITS)
-    if method == "deepfool":
-        return scale.deepfool_estimate(params, dims, LIMITS)
-    return scale.pointwise_estimate(dims, epochs)
+    dims = scale.Shape(n, classes, features, values, group or largest)
+    return scale.estimate({"method": method, **params}, dims, LIMITS, epochs=epochs, levels=5)
 
 
 def traced(func) -> tuple[float, float]:
@@ -105,13 +99,11 @@ def group_probe(shape: str, n: int, per_class: bool, seed: int = 0):
 
 def group_seconds(shape: str, method: str, params: dict, size: int, grouped: bool) -> float:
     """The model's seconds for one group of `size` samples."""
-    n_total, classes, features, _, _, values = SHAPES[shape]
-    dims = scale.Shape(n_total if grouped else size, classes, features, values, size)
-    if method == "cal":
-        estimate = scale.cal_estimate(params, dims, LIMITS)
-    else:
-        estimate = scale.greedy_estimate(method, params, dims, LIMITS)
-    return estimate.seconds / (classes if grouped else 1)
+    classes = SHAPES[shape][1]
+    if grouped:
+        return model_estimate(shape, method, params, group=size).seconds / classes
+    dims = scale.Shape(size, classes, SHAPES[shape][2], SHAPES[shape][5], size)
+    return scale.estimate({"method": method, **params}, dims, LIMITS, epochs=1, levels=5).seconds
 
 
 def measure_set(shape: str, method: str, per_class: bool, budget_s: float) -> dict:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from snakemake.utils import validate
+from test_workflow import snakemake
 
 from robustcore import jobcost, models, scale
 from robustcore.scores import REGISTRY, greedy
@@ -158,12 +157,8 @@ def dry_run(tmp_path: Path, preset_name: str, override: dict) -> subprocess.Comp
     """`snakemake -n` on a preset with an override config file."""
     extra = tmp_path / "override.yaml"
     extra.write_text(yaml.safe_dump(override))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--quiet",
-         "--configfile", str(REPO / "presets" / f"{preset_name}.yaml"), str(extra)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    preset_file = str(REPO / "presets" / f"{preset_name}.yaml")
+    return snakemake(tmp_path, "-n", "--quiet", "--configfile", preset_file, str(extra))
 
 
 def test_dry_run_refuses_deepfool_over_every_imagenet_class(tmp_path):

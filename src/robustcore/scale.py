@@ -229,9 +229,18 @@ def entry_estimate(
     config: dict[str, Any], dataset: str, proxy: str, entry: dict[str, Any]
 ) -> Estimate:
     """The estimate of a score method's entry (method and parameters) on a dataset's proxy."""
-    method = entry["method"]
+    proxy_entry = config["proxies"][proxy]
+    epochs = proxy_entry.get("epochs") or config["regimes"][proxy_entry["regime"]]["epochs"]
+    ks = (proxy_entry.get("sparse_fgsm") or {}).get("ks", [1, 4, 16, 64])
     shape = shape_of(config, dataset, proxy)
-    limits = config["limits"]
+    return estimate(entry, shape, config["limits"], epochs=int(epochs), levels=1 + len(ks))
+
+
+def estimate(
+    entry: dict[str, Any], shape: Shape, limits: dict[str, Any], *, epochs: int, levels: int
+) -> Estimate:
+    """The estimate of a score method's entry at a shape (`epochs` of dynamics, table `levels`)."""
+    method = entry["method"]
     if method in ORDER_METHODS:
         return greedy_estimate(method, entry, shape, limits)
     if method == "cal":
@@ -239,11 +248,8 @@ def entry_estimate(
     if method == "deepfool":
         return deepfool_estimate(entry, shape, limits)
     if method in ("isef", "fgsm_cs", "pss"):
-        ks = (config["proxies"][proxy].get("sparse_fgsm") or {}).get("ks", [1, 4, 16, 64])
-        return sensitivity_estimate(shape, 1 + len(ks), limits)
-    proxy_entry = config["proxies"][proxy]
-    epochs = proxy_entry.get("epochs") or config["regimes"][proxy_entry["regime"]]["epochs"]
-    return pointwise_estimate(shape, int(epochs))
+        return sensitivity_estimate(shape, levels, limits)
+    return pointwise_estimate(shape, epochs)
 
 
 def _fits(limits: dict[str, Any], method: str, est: Estimate) -> bool:
@@ -398,6 +404,8 @@ __all__ = [
     "Estimate",
     "Shape",
     "check",
+    "entry_estimate",
+    "estimate",
     "order_misuse",
     "score_estimate",
     "score_jobs",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from robustcore.report.tables import MARKS, wide_cells
+from robustcore.report.tables import MARKS, column_groups, wide_cells
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2933;
@@ -90,12 +90,7 @@ def frame_table(frame: pd.DataFrame, row_headers: int = 0) -> str:
 def wide_table(table: pd.DataFrame, study: dict[str, Any]) -> str:
     """The accuracy table: fractions as column groups, the best ranks marked where asked."""
     cells = wide_cells(table, study)
-    groups: list[tuple[str, int]] = []
-    for fraction, _ in cells.columns:
-        if groups and groups[-1][0] == fraction:
-            groups[-1] = (fraction, groups[-1][1] + 1)
-        else:
-            groups.append((fraction, 1))
+    groups = column_groups(cells)
     top = '<tr class="group"><th></th><th></th>' + "".join(
         f'<th colspan="{n}">{esc(f)}</th>' for f, n in groups
     )

@@ -124,15 +124,21 @@ def _tex(text: str) -> str:
     return out.replace("±", r"$\pm$").replace("⚠", r"$\triangle$")
 
 
-def latex_wide(table: pd.DataFrame, study: dict[str, Any], caption: str) -> str:
-    """The accuracy table as a LaTeX tabular (booktabs) with a caption naming the marks."""
-    cells = wide_cells(table, study, latex=True)
+def column_groups(cells: pd.DataFrame) -> list[tuple[str, int]]:
+    """The wide table's fraction groups: (fraction, number of its columns), in column order."""
     groups: list[tuple[str, int]] = []
     for fraction, _ in cells.columns:
         if groups and groups[-1][0] == fraction:
             groups[-1] = (fraction, groups[-1][1] + 1)
         else:
             groups.append((fraction, 1))
+    return groups
+
+
+def latex_wide(table: pd.DataFrame, study: dict[str, Any], caption: str) -> str:
+    """The accuracy table as a LaTeX tabular (booktabs) with a caption naming the marks."""
+    cells = wide_cells(table, study, latex=True)
+    groups = column_groups(cells)
     header = [
         " & & " + " & ".join(rf"\multicolumn{{{n}}}{{c}}{{{_tex(f)}}}" for f, n in groups),
         "regime & selection & " + " & ".join(_tex(m) for _, m in cells.columns),

@@ -4,7 +4,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 PYTHON ?= python3
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean gpu-check
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	PATH="$(BIN):$$PATH" pytest $(ARGS)
+
+# The device check: every code path on the GPU, throughput, host syncs, calibration (5 min).
+gpu-check: $(INSTALLED)
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 lint: $(INSTALLED)
 	PATH="$(BIN):$$PATH" ruff check src tests benchmarks

@@ -28,11 +28,13 @@ include: "workflow/rules/report.smk"
 
 
 # Downloads (compute nodes often have no internet) and jobs of seconds run where Snakemake runs;
-# on a cluster only model training, scoring and evaluation are submitted.
+# on a cluster only model training, scoring and evaluation are submitted, and the one-off decode
+# of an image folder (prepare_shards, many CPUs).
 localrules:
     all,
     all_coresets,
     prepare_data,
+    prepare_folder,
     select_coreset,
     report_study,
     report_compute,

@@ -6,7 +6,8 @@ Every job the dry run plans is costed by `robustcore.jobcost` — the model that
 workflow's Slurm requests: (samples it processes) × (passes per sample) × (forward FLOPs per
 sample of its model) — divided by a sustained throughput (default: the config's
 job_resources.gpu_tflops, 25 TFLOP/s unless set: an assumption, not a measurement), plus a
-start-up allowance per GPU job (default 30 s). Data loading and idle time are not counted: read
+start-up allowance per GPU job (default 30 s). Archs with a measured `arch_tflops` entry (the
+lines benchmarks/gpu_check.py prints) use it. Data loading and idle time are not counted: read
 the result as a lower bound.
 """
 
@@ -23,7 +24,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from robustcore.jobcost import job_flops  # noqa: E402
+from robustcore.jobcost import job_flops, job_seconds  # noqa: E402
 
 
 def planned_jobs(configfile: Path) -> list[tuple[str, dict[str, str]]]:
@@ -56,17 +57,21 @@ def main() -> None:
     from snakemake.utils import validate
 
     validate(config, str(REPO / "workflow/schemas/config.schema.yaml"))
-    if args.tflops is None:
-        args.tflops = config["job_resources"]["gpu_tflops"]
+    if args.tflops is not None:  # one throughput for every model, measured ones ignored
+        config["job_resources"] = {**config["job_resources"], "gpu_tflops": args.tflops}
+        config["job_resources"]["arch_tflops"] = {}
+    resources = config["job_resources"]
     jobs, hours = defaultdict(int), defaultdict(float)
     for rule, wildcards in planned_jobs(args.configfile.resolve()):
         jobs[rule] += 1
-        flops = job_flops(config, rule, wildcards)
-        startup = args.startup if flops > 0 else 0.0
-        hours[rule] += (flops / (args.tflops * 1e12) + startup) / 3600
+        startup = args.startup if job_flops(config, rule, wildcards) > 0 else 0.0
+        hours[rule] += (job_seconds(config, rule, wildcards) + startup) / 3600
+    measured = ", ".join(f"{a} {v:g}" for a, v in resources["arch_tflops"].items())
     print(
         f"{args.configfile}: {sum(jobs.values())} jobs, ~{sum(hours.values()):,.1f} GPU-hours "
-        f"at {args.tflops:g} TFLOP/s sustained and {args.startup:g} s start-up per GPU job"
+        f"at {resources['gpu_tflops']:g} TFLOP/s sustained"
+        + (f" (measured: {measured})" if measured else " (assumed, not measured)")
+        + f" and {args.startup:g} s start-up per GPU job"
     )
     for rule in sorted(jobs, key=lambda r: -hours[r]):
         print(f"  {rule:<24} {jobs[rule]:>6} jobs  {hours[rule]:>10,.2f} GPU-hours")

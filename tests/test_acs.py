@@ -31,11 +31,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _mlp(split: data.Split, classes: int = 3, seed: int = 0) -> nn.Module:
-    """A small MLP for a synthetic split."""
+def _mlp(split: data.Split, device: torch.device, classes: int = 3, seed: int = 0) -> nn.Module:
+    """A small MLP for a synthetic split (initialised on the CPU from `seed`) on `device`."""
     torch.manual_seed(seed)
     spec = models.model_spec("mlp", {"hidden": [16]}, meta_for(split, classes))
-    return models.build(spec)
+    return models.build(spec).to(device)
 
 
 def _spec(**overrides) -> dict:
@@ -44,11 +44,11 @@ def _spec(**overrides) -> dict:
     return {**spec, "epoch_plan": "compact", "warm_start_epochs": 2, "freq": 3, **overrides}
 
 
-def test_schedule_coverage_and_weights():
+def test_schedule_coverage_and_weights(device):
     split = make_split(n=47, classes=3)
-    loader = data.Loader(split, 5)  # 9 candidates of 5 samples and one of 2
+    loader = data.Loader(split, 5, device)  # 9 candidates of 5 samples and one of 2
     plan = acs.AcsPlan(
-        _mlp(split), loader, _spec(fraction=0.3), torch.Generator().manual_seed(1), Cost()
+        _mlp(split, device), loader, _spec(fraction=0.3), torch.Generator().manual_seed(1), Cost()
     )
     target = round(0.3 * 47)
     selected = []
@@ -67,7 +67,9 @@ def test_schedule_coverage_and_weights():
         assert len(np.unique(chosen)) == len(chosen)
         assert target <= len(rows) < target + 5  # at least m samples, less than one batch over
         assert np.array_equal(coreset.indices, np.sort(rows))
-        assert weights.shape == (47,)
+        assert coreset.device == loader.device
+        assert weights.shape == (47,) and weights.device.type == device.type  # fit indexes it
+        weights = weights.cpu()
         assert (weights[rows] > 0).all()
         assert np.array_equal(np.flatnonzero(weights.numpy() > 0), np.sort(rows))
         for b, w in zip(chosen, plan.history[-1]["weights"], strict=True):
@@ -75,14 +77,15 @@ def test_schedule_coverage_and_weights():
     assert selected == [3, 6, 9]
 
 
-def test_warm_start_rule_and_unweighted_and_full_fraction():
+def test_warm_start_rule_and_unweighted_and_full_fraction(device):
     # The reference rule T_w = round(fraction * int(kappa * epochs)).
     assert acs.check_params({"epochs": 15}).warm_start_epochs == 4  # round(0.5 * 7)
     assert acs.check_params({"epochs": 120, "kappa": 0.6}).warm_start_epochs == 36
     assert acs.check_params({"epochs": 15, "warm_start_epochs": 0}).warm_start_epochs == 0
     split = make_split(n=47, classes=3)
     spec = _spec(fraction=1.0, weighted=False, warm_start_epochs=0)
-    plan = acs.AcsPlan(_mlp(split), data.Loader(split, 5), spec, torch.Generator(), Cost())
+    loader = data.Loader(split, 5, device)
+    plan = acs.AcsPlan(_mlp(split, device), loader, spec, torch.Generator(), Cost())
     coreset, weights = plan(1)
     assert weights is None
     assert np.array_equal(coreset.indices, np.arange(47))
@@ -133,17 +136,18 @@ def test_reference_schedule_worked_examples():
     assert kinds.count("full") == 10 and "idle" not in kinds and kinds.count("select") == 10
 
 
-def test_reference_schedule_trains_nothing_in_idle_epochs(digits_dir):
+def test_reference_schedule_trains_nothing_in_idle_epochs(digits_dir, device):
     """fit: full, idle (no pass counted, loss NaN, the schedule still advances), coreset."""
     generator = seed_everything(0)
     train, _ = data.load(digits_dir)
-    model = models.build(models.model_spec("mlp", {"hidden": [16]}, data.load_meta(digits_dir)))
+    spec = models.model_spec("mlp", {"hidden": [16]}, data.load_meta(digits_dir))
+    model = models.build(spec).to(device)
     regime = {
         "type": "acs", "epochs": 6, "kappa": 0.5, "fraction": 0.5, "freq": 2, "steps": 1,
         "step_size": 0.05, "eps": 0.05, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
     }  # fmt: skip
     # K = 3, T_w = round(1.5) = 2: epochs 1-2 full, 3 idle, 4 initial subset, 5 selection, 6.
-    log, cost = fit(model, data.Loader(train, 64), regime, generator=generator)
+    log, cost = fit(model, data.Loader(train, 64, device), regime, generator=generator)
     losses = [row["train_loss"] for row in log]
     assert math.isnan(losses[2]) and all(math.isfinite(v) for i, v in enumerate(losses) if i != 2)
     assert [row["lr"] for row in log][3] == pytest.approx(0.1 * (1 + math.cos(math.pi * 3 / 6)) / 2)
@@ -152,13 +156,13 @@ def test_reference_schedule_trains_nothing_in_idle_epochs(digits_dir):
     assert 2 * n + m + 2 * m <= cost.forward["update"] <= 2 * n + m + 2 * (m + 63)
 
 
-def test_reproducible_with_the_seed():
+def test_reproducible_with_the_seed(device):
     split = make_split(n=47, classes=3)
 
     def run(seed: int):
-        plan = acs.AcsPlan(
-            _mlp(split), data.Loader(split, 5), _spec(), torch.Generator().manual_seed(seed), Cost()
-        )
+        loader = data.Loader(split, 5, device)
+        generator = torch.Generator().manual_seed(seed)
+        plan = acs.AcsPlan(_mlp(split, device), loader, _spec(), generator, Cost())
         coreset, weights = plan(3)
         return plan.batches, coreset.indices, weights
 
@@ -169,7 +173,7 @@ def test_reproducible_with_the_seed():
     assert not all(np.array_equal(a, b) for a, b in zip(first[0], other[0], strict=True))
 
 
-def _two_fragilities() -> tuple[nn.Module, data.Split]:
+def _two_fragilities(device: torch.device) -> tuple[nn.Module, data.Split]:
     """Class 0 everywhere; batch 0 is adversarially fragile, batches 1-5 are not.
 
     Logits z0 = 0, z1 = 80·x1 − 44, z2 = 10·x2 − 12, z3 = 10·x3 − 12. Batch 0 (x1 ≈ 0.5) is
@@ -187,19 +191,20 @@ def _two_fragilities() -> tuple[nn.Module, data.Split]:
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[0, 0, 0], [80, 0, 0], [0, 10, 0], [0, 0, 10.0]]))
         model[0].bias.copy_(torch.tensor([0, -44, -12, -12.0]))
-    return model, split
+    return model.to(device), split
 
 
 @pytest.mark.parametrize("method", ["craig", "gradmatch"])
-def test_selection_follows_the_adversarial_gradients(method):
-    model, split = _two_fragilities()
-    loader = data.Loader(split, 4)  # the candidates: batch 0 fragile, 1-2 and 3-5 robust
+def test_selection_follows_the_adversarial_gradients(method, device):
+    model, split = _two_fragilities(device)
+    loader = data.Loader(split, 4, device)  # the candidates: batch 0 fragile, 1-2 and 3-5 robust
     picks = {}
     for eps in (0.1, 0.0):
         params = acs.check_params(
             {"eps": eps, "steps": 10, "step_size": 0.025, "method": method, "epochs": 1}
         )
-        grads, batches = acs.batch_gradients(model, loader, params, Cost(), torch.Generator())
+        generator = torch.Generator(device=device)  # random starts are drawn on the device
+        grads, batches = acs.batch_gradients(model, loader, params, Cost(), generator)
         sizes = np.array([len(b) for b in batches])
         chosen, weights = acs.select_batches(grads, sizes, 8, method)
         again = acs.select_batches(grads, sizes, 8, method)
@@ -225,50 +230,51 @@ def test_zero_weights_are_replaced_by_random_batches():
     assert sorted(chosen.tolist()) == [0, 1, 2] and (weights > 0).all()
 
 
-def test_batch_gradients_are_batch_means_of_the_probe_embeddings():
+def test_batch_gradients_are_batch_means_of_the_probe_embeddings(device):
     split = make_split(n=23, classes=3)
     torch.manual_seed(0)
-    model = models.build(models.model_spec("small_cnn", {"width": 4}, meta_for(split, 3)))
+    spec = models.model_spec("small_cnn", {"width": 4}, meta_for(split, 3))
+    model = models.build(spec).to(device)
     order = np.random.default_rng(0).permutation(23)
-    loader = data.Loader(split, 5, indices=order)
+    loader = data.Loader(split, 5, device, indices=order)
     params = acs.check_params({"eps": 0.0, "epochs": 1})  # no perturbation: clean gradients
     grads, batches = acs.batch_gradients(model, loader, params, Cost())
-    embedding = run_probe(model, data.Loader(split, 23)).grad_embedding()
+    embedding = run_probe(model, data.Loader(split, 23, device)).grad_embedding()
     assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
     for row, rows in zip(grads, batches, strict=True):
         np.testing.assert_allclose(row, embedding[rows].mean(axis=0), rtol=1e-4, atol=1e-6)
 
 
-def test_trades_batch_gradient_is_the_head_gradient_of_the_trades_loss():
+def test_trades_batch_gradient_is_the_head_gradient_of_the_trades_loss(device):
     split = make_split(n=6, classes=3)
-    model = _mlp(split, seed=1)
-    loader = data.Loader(split, 6)
+    model = _mlp(split, device, seed=1)
+    loader = data.Loader(split, 6, device)
     params = acs.check_params(
         {"adv_loss": "trades", "beta": 2.0, "eps": 0.1, "steps": 3, "step_size": 0.04, "epochs": 1}
     )
     (grad,), _ = acs.batch_gradients(
-        model, loader, params, Cost(), torch.Generator().manual_seed(3)
+        model, loader, params, Cost(), torch.Generator(device=device).manual_seed(3)
     )
     _, x, y = next(loader.epoch())
-    x_adv = trades_attack(
-        model, x, eps=0.1, steps=3, step_size=0.04, generator=torch.Generator().manual_seed(3)
-    )
+    start = torch.Generator(device=device).manual_seed(3)  # the same start noise, on the device
+    x_adv = trades_attack(model, x, eps=0.1, steps=3, step_size=0.04, generator=start)
     model.eval()
     logits, adv_logits = model(x), model(x_adv)
     kl = F.kl_div(F.log_softmax(adv_logits, 1), F.softmax(logits, 1), reduction="sum")
     loss = (F.cross_entropy(logits, y, reduction="sum") + 2.0 * kl) / len(y)
     head = last_linear(model)
     d_weight, d_bias = torch.autograd.grad(loss, [head.weight, head.bias])
-    expected = torch.cat([d_weight, d_bias[:, None]], dim=1).reshape(-1).double().numpy()
+    expected = torch.cat([d_weight, d_bias[:, None]], dim=1).reshape(-1).double().cpu().numpy()
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("adv_loss", ["pgd", "trades"])
-def test_selection_cost_is_counted(adv_loss):
+def test_selection_cost_is_counted(adv_loss, device):
     split = make_split(n=47, classes=3)
     cost = Cost()
     spec = _spec(adv_loss=adv_loss, selection_steps=3, warm_start_epochs=0)
-    plan = acs.AcsPlan(_mlp(split), data.Loader(split, 5), spec, torch.Generator(), cost)
+    loader = data.Loader(split, 5, device)
+    plan = acs.AcsPlan(_mlp(split, device), loader, spec, torch.Generator(), cost)
     assert cost.forward == {} and plan(2) is None and cost.forward == {}
     plan(1)
     probes = 1 if adv_loss == "pgd" else 3  # TRADES: the KL target, clean and adversarial views
@@ -279,11 +285,11 @@ def test_selection_cost_is_counted(adv_loss):
 
 
 @pytest.mark.parametrize("method", ["craig", "gradmatch"])
-def test_fit_trains_on_the_coreset(digits_dir, method):
+def test_fit_trains_on_the_coreset(digits_dir, method, device):
     generator = seed_everything(0)
     train, _ = data.load(digits_dir)
     spec = models.model_spec("small_cnn", {"width": 8}, data.load_meta(digits_dir))
-    model = models.build(spec)
+    model = models.build(spec).to(device)
     regime = {
         "type": "acs",
         "method": method,
@@ -298,7 +304,7 @@ def test_fit_trains_on_the_coreset(digits_dir, method):
         "momentum": 0.9,
         "weight_decay": 5e-4,
     }
-    log, cost = fit(model, data.Loader(train, 64), regime, generator=generator)
+    log, cost = fit(model, data.Loader(train, 64, device), regime, generator=generator)
     n, m = len(train), round(0.5 * len(train))
     losses = [row["train_loss"] for row in log]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
@@ -328,7 +334,7 @@ def test_bad_params_name_the_key(key, value):
         acs.check_params({"epochs": 10, key: value})
 
 
-def test_bad_params_stop_fit_before_training():
+def test_bad_params_stop_fit_before_training(device):
     split = make_split(n=20, classes=3)
     regime = {
         "type": "acs",
@@ -339,6 +345,6 @@ def test_bad_params_stop_fit_before_training():
         "weight_decay": 0,
     }
     with pytest.raises(InputError, match="fraction"):
-        fit(_mlp(split), data.Loader(split, 5), regime, generator=torch.Generator())
+        fit(_mlp(split, device), data.Loader(split, 5, device), regime, generator=torch.Generator())
     with pytest.raises(InputError, match="norm"):
         acs.check_params({"epochs": 10, "adv_loss": "trades", "norm": "l2"})

@@ -19,6 +19,10 @@ import pytest
 from browser.cdp import Chromium, chromium_binary
 from test_workflow import REPO, TINY, snakemake
 
+pytestmark = pytest.mark.cpu_only(
+    "renders the report of a CPU workflow run in headless Chromium; no model runs in the test"
+)
+
 ARTIFACTS = Path(os.environ.get("ROBUSTCORE_TEST_ARTIFACTS") or REPO / "tests" / "artifacts")
 
 # The tiny study with a paper and a claim (two seeds: the claim gets an interval).

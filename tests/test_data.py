@@ -332,7 +332,7 @@ def _rgb(colour: int | tuple[int, ...]) -> list[int]:
     return [colour] * 3 if isinstance(colour, int) else list(colour[:3])
 
 
-def test_imagefolder_tables_and_streaming(tmp_path: Path) -> None:
+def test_imagefolder_tables_and_streaming(tmp_path: Path, device: torch.device) -> None:
     """Index tables list the images; Loader streams resized, cropped RGB batches in [0,1]."""
     root = tmp_path / "tree"
     _image_tree(root)
@@ -353,9 +353,12 @@ def test_imagefolder_tables_and_streaming(tmp_path: Path) -> None:
         "c.png",
     ]
 
-    loader = data.Loader(train, batch_size=4, image_size=16)
+    loader = data.Loader(train, batch_size=4, device=device, image_size=16)
     assert len(loader) == 6
     batches = list(loader.epoch(shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert all(x.device.type == y.device.type == device.type for _, x, y in batches)
+    assert all(i.device.type == "cpu" for i, _, _ in batches)  # sample rows stay on the host
+    batches = [(i, x.cpu(), y.cpu()) for i, x, y in batches]
     assert [tuple(x.shape) for _, x, _ in batches] == [(4, 3, 16, 16), (2, 3, 16, 16)]
     index = torch.cat([i for i, _, _ in batches])
     assert sorted(index.tolist()) == list(range(6))
@@ -371,14 +374,15 @@ def test_imagefolder_tables_and_streaming(tmp_path: Path) -> None:
 
     # a subset, through worker processes, equals the in-process stream
     subset = np.array([5, 1, 3])
-    fast = list(data.Loader(train, 2, indices=subset, image_size=16).epoch())
-    workers = list(data.Loader(train, 2, indices=subset, num_workers=2, image_size=16).epoch())
+    fast = list(data.Loader(train, 2, device, indices=subset, image_size=16).epoch())
+    workers = data.Loader(train, 2, device, indices=subset, num_workers=2, image_size=16)
     assert torch.cat([i for i, _, _ in fast]).tolist() == [5, 1, 3]
-    for (i1, x1, y1), (i2, x2, y2) in zip(fast, workers, strict=True):
-        assert torch.equal(i1, i2) and torch.equal(x1, x2) and torch.equal(y1, y2)
+    for (i1, x1, y1), (i2, x2, y2) in zip(fast, workers.epoch(), strict=True):
+        assert torch.equal(i1, i2) and torch.equal(x1.cpu(), x2.cpu())
+        assert torch.equal(y1.cpu(), y2.cpu())
 
 
-def test_imagefolder_crop_keeps_centre(tmp_path: Path) -> None:
+def test_imagefolder_crop_keeps_centre(tmp_path: Path, device: torch.device) -> None:
     """Shorter side → image_size, then a centre crop: the wide image's outer thirds are cut."""
     root = tmp_path / "tree"
     img = np.zeros((16, 48, 3), dtype=np.uint8)  # H=16, W=48: red | green | blue thirds
@@ -388,7 +392,9 @@ def test_imagefolder_crop_keeps_centre(tmp_path: Path) -> None:
         Image.fromarray(img).save(root / split / "only" / "x.png")
     data.prepare("imagefolder", tmp_path / "out", data_root=root, image_size=8)
     train, _ = data.load(tmp_path / "out")
-    ((_, x, _),) = list(data.Loader(train, 1, image_size=8).epoch())
+    ((_, x, _),) = list(data.Loader(train, 1, device, image_size=8).epoch())
+    assert x.device.type == device.type
+    x = x.cpu()
     assert x.shape == (1, 3, 8, 8)  # 16×48 → 8×24 → centre 8×8 = the green third
     inner = x[0, :, :, 2:6]  # away from the blurred borders
     assert torch.allclose(inner[1], torch.ones_like(inner[1]), atol=0.02)
@@ -413,10 +419,10 @@ def test_imagefolder_class_mismatch(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------------- Loader
 
 
-def test_loader_covers_each_index_once(digits_dir: Path) -> None:
+def test_loader_covers_each_index_once(digits_dir: Path, device: torch.device) -> None:
     """Each sample once per epoch, partial last batch kept, x = images/255, labels match."""
     train, _ = data.load(digits_dir)
-    loader = data.Loader(train, batch_size=100)
+    loader = data.Loader(train, batch_size=100, device=device)
     assert len(loader) == 1347 and loader.num_batches == 14
     for shuffle in (False, True):
         batches = list(loader.epoch(shuffle=shuffle, generator=torch.Generator().manual_seed(1)))
@@ -427,16 +433,18 @@ def test_loader_covers_each_index_once(digits_dir: Path) -> None:
         assert (index.tolist() == list(range(1347))) == (not shuffle)
         x = torch.cat([b[1] for b in batches])
         y = torch.cat([b[2] for b in batches])
+        assert x.device.type == y.device.type == device.type
+        x, y = x.cpu(), y.cpu()
         assert x.dtype == torch.float32 and x.shape == (1347, 1, 8, 8)
         expected = torch.from_numpy(train.images[index.numpy()]).to(torch.float32) / 255
         assert torch.equal(x, expected)
         assert torch.equal(y, torch.from_numpy(train.labels[index.numpy()]))
 
 
-def test_loader_shuffle_is_seeded(digits_dir: Path) -> None:
-    """Same generator seed → same order (it is torch.randperm's); another seed → another."""
+def test_loader_shuffle_is_seeded(digits_dir: Path, device: torch.device) -> None:
+    """Same generator seed → same order (it is torch.randperm's on the CPU, on any device)."""
     train, _ = data.load(digits_dir)
-    loader = data.Loader(train, batch_size=64)
+    loader = data.Loader(train, batch_size=64, device=device)
 
     def order(seed: int) -> list[int]:
         g = torch.Generator().manual_seed(seed)
@@ -451,13 +459,13 @@ def test_loader_shuffle_is_seeded(digits_dir: Path) -> None:
     assert torch.cat(first).tolist() != torch.cat(second).tolist()  # the stream advances
 
 
-def test_loader_indices_subset(digits_dir: Path) -> None:
+def test_loader_indices_subset(digits_dir: Path, device: torch.device) -> None:
     """Only the given rows are served; index reports their rows in train.npz."""
     train, _ = data.load(digits_dir)
     subset = np.array([1000, 3, 77, 3, 1346, 500, 12], dtype=np.int64)
-    loader = data.Loader(train, batch_size=3, indices=subset)
+    loader = data.Loader(train, batch_size=3, device=device, indices=subset)
     assert len(loader) == 7
-    batches = list(loader.epoch())
+    batches = [(i, x.cpu(), y.cpu()) for i, x, y in loader.epoch()]
     index = torch.cat([i for i, _, _ in batches])
     assert index.tolist() == subset.tolist()
     assert torch.equal(
@@ -474,16 +482,21 @@ def test_loader_indices_subset(digits_dir: Path) -> None:
         data.Loader(train, 4, indices=np.array([0, 1347]))
 
 
-def test_loader_vector_data_and_resize(tmp_path: Path, digits_dir: Path) -> None:
+def test_loader_vector_data_and_resize(
+    tmp_path: Path, digits_dir: Path, device: torch.device
+) -> None:
     """float32 vector data is served as is; image_size resizes uint8 images on the device."""
     data.prepare("toy2d", tmp_path / "toy", n_train=50, n_test=10)
     train, _ = data.load(tmp_path / "toy")
-    index, x, y = next(data.Loader(train, batch_size=64).epoch())
+    index, x, y = next(data.Loader(train, batch_size=64, device=device).epoch())
+    x, y = x.cpu(), y.cpu()
     assert x.shape == (50, 2) and torch.equal(x, torch.from_numpy(train.images))
     assert torch.equal(index, torch.arange(50)) and torch.equal(y, torch.from_numpy(train.labels))
 
     digits, _ = data.load(digits_dir)
-    _, x, _ = next(data.Loader(digits, batch_size=5, image_size=16).epoch())
+    _, x, _ = next(data.Loader(digits, batch_size=5, device=device, image_size=16).epoch())
+    assert x.device.type == device.type
+    x = x.cpu()
     assert x.shape == (5, 1, 16, 16) and 0.0 <= x.min() and x.max() <= 1.0
     assert torch.allclose(
         x.mean(dim=(2, 3)),
@@ -519,36 +532,39 @@ def test_load_reports_bad_files(tmp_path: Path, digits_dir: Path) -> None:
         data.load(out)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_loader_on_cuda_matches_cpu(digits_dir: Path) -> None:
-    """On a GPU the data stays uint8 there and batches equal the CPU ones bitwise."""
+def test_loader_on_the_device_matches_cpu(digits_dir: Path, device: torch.device) -> None:
+    """On the device the data stays uint8 there and batches equal the CPU ones bitwise."""
     train, _ = data.load(digits_dir)
     subset = np.arange(0, 1347, 3)
     cpu = data.Loader(train, 50, indices=subset)
-    gpu = data.Loader(train, 50, device="cuda", indices=subset)
-    assert gpu._x.device.type == "cuda" and gpu._x.dtype == torch.uint8
+    on_device = data.Loader(train, 50, device=device, indices=subset)
+    assert on_device._x.device.type == device.type and on_device._x.dtype == torch.uint8
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    for (i1, x1, y1), (i2, x2, y2) in zip(cpu.epoch(True, g1), gpu.epoch(True, g2), strict=True):
-        assert x2.device.type == "cuda" and y2.device.type == "cuda"
+    batches = zip(cpu.epoch(True, g1), on_device.epoch(True, g2), strict=True)
+    for (i1, x1, y1), (i2, x2, y2) in batches:
+        assert x2.device.type == device.type and y2.device.type == device.type
         assert torch.equal(i1, i2) and torch.equal(x1, x2.cpu()) and torch.equal(y1, y2.cpu())
 
 
-def test_batches_do_not_alias_the_store(tmp_path: Path) -> None:
+def test_batches_do_not_alias_the_store(tmp_path: Path, device: torch.device) -> None:
     """Editing a yielded batch in place (as attacks do) leaves the next epoch unchanged."""
     data.prepare("toy2d", tmp_path, n_train=20, n_test=4)
     train, _ = data.load(tmp_path)
     images = train.images.copy()  # on the CPU the store may share memory with the split
-    loader = data.Loader(train, batch_size=8)
+    loader = data.Loader(train, batch_size=8, device=device)
     for index, x, y in loader.epoch():
         index.zero_(), x.add_(5.0), y.fill_(7)
     again = list(loader.epoch())
-    assert torch.equal(torch.cat([x for _, x, _ in again]), torch.from_numpy(images))
+    assert torch.equal(torch.cat([x for _, x, _ in again]).cpu(), torch.from_numpy(images))
     np.testing.assert_array_equal(train.images, images)
     assert torch.cat([i for i, _, _ in again]).tolist() == list(range(20))
-    assert torch.equal(torch.cat([y for _, _, y in again]), torch.from_numpy(train.labels))
+    labels = torch.cat([y for _, _, y in again]).cpu()
+    assert torch.equal(labels, torch.from_numpy(train.labels))
 
 
-def test_train_and_evaluate_stream_image_folders_with_workers(tmp_path: Path) -> None:
+def test_train_and_evaluate_stream_image_folders_with_workers(
+    tmp_path: Path, device: torch.device
+) -> None:
     """`--workers` reaches the DataLoader of folder data; the result does not depend on it."""
     import json
     import subprocess
@@ -560,20 +576,24 @@ def test_train_and_evaluate_stream_image_folders_with_workers(tmp_path: Path) ->
     data.prepare("imagefolder", tmp_path / "data", data_root=tmp_path / "tree", image_size=16)
     pd.DataFrame({"index": range(6), "label": [0] * 6}).to_parquet(tmp_path / "all.parquet")
     regime = {"epochs": 2, "batch_size": 4, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0}
+    if device.type == "cuda":  # bitwise-equal runs on a GPU need deterministic kernels
+        regime["deterministic"] = True
     for workers in (0, 2):
         out = tmp_path / f"w{workers}"
         train = subprocess.run(
             [sys.executable, "-m", "robustcore", "train", "--data", str(tmp_path / "data"),
              "--coreset", str(tmp_path / "all.parquet"), "--model",
              json.dumps({"arch": "small_cnn", "kwargs": {"width": 4}}), "--regime",
-             json.dumps(regime), "--workers", str(workers), "--out", str(out)],
+             json.dumps(regime), "--workers", str(workers), "--device", str(device),
+             "--out", str(out)],
             capture_output=True, text=True,
         )  # fmt: skip
         assert train.returncode == 0, train.stderr
         evaluate = subprocess.run(
             [sys.executable, "-m", "robustcore", "evaluate", "--model", str(out), "--data",
              str(tmp_path / "data"), "--attack", '{"type": "fgsm", "eps": 0.03, "hygiene": false}',
-             "--workers", str(workers), "--out", str(out / "fgsm.json")],
+             "--workers", str(workers), "--device", str(device),
+             "--out", str(out / "fgsm.json")],
             capture_output=True, text=True,
         )  # fmt: skip
         assert evaluate.returncode == 0, evaluate.stderr

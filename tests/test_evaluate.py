@@ -44,9 +44,9 @@ def _failed(summary: dict) -> set[str]:
     return {name for name, check in summary["hygiene"].items() if not check["passed"]}
 
 
-def test_all_checks_pass_on_the_trained_model(trained_digits):
+def test_all_checks_pass_on_the_trained_model(trained_digits, device):
     model, _, test = trained_digits
-    summary, frame = evaluate(model, data.Loader(test, 200), PGD)
+    summary, frame = evaluate(model, data.Loader(test, 200, device), PGD)
     checks = summary["hygiene"]
     assert set(checks) == {
         "eps_zero_is_clean",
@@ -68,9 +68,9 @@ def test_all_checks_pass_on_the_trained_model(trained_digits):
     json.dumps(summary)  # the CLI writes it as json
 
 
-def test_hygiene_can_be_switched_off_and_limited(trained_digits):
+def test_hygiene_can_be_switched_off_and_limited(trained_digits, device):
     model, _, test = trained_digits
-    loader = data.Loader(test, 64)
+    loader = data.Loader(test, 64, device)
     off, frame = evaluate(model, loader, {**PGD, "hygiene": False, "n_points": 50})
     assert off["hygiene"] == {} and off["possible_gradient_masking"] is None
     assert off["n"] == len(frame) == 50 and off["cost"]["hygiene"]["sample_forwards"] == 0
@@ -82,21 +82,21 @@ def test_hygiene_can_be_switched_off_and_limited(trained_digits):
     assert few["hygiene"]["monotone_in_eps"]["detail"]["n"] == 70
 
 
-def test_quantized_model_is_flagged(trained_digits):
+def test_quantized_model_is_flagged(trained_digits, device):
     """Zero gradients: PGD only moves by its random start, and random corners beat it."""
     model, _, test = trained_digits
-    summary, _ = evaluate(Quantized(model), data.Loader(test, 200), PGD)
+    summary, _ = evaluate(Quantized(model), data.Loader(test, 200, device), PGD)
     assert "attack_beats_noise" in _failed(summary)
     assert summary["possible_gradient_masking"] is True
     detail = summary["hygiene"]["attack_beats_noise"]["detail"]
     assert detail["robust_acc"] > detail["robust_acc_noise"] + detail["tolerance"]
 
 
-def test_pgd_weaker_than_fgsm_is_flagged(trained_digits):
+def test_pgd_weaker_than_fgsm_is_flagged(trained_digits, device):
     """A mis-set PGD (step size far too small, no random start) loses to one FGSM step."""
     model, _, test = trained_digits
     weak = {**PGD, "steps": 2, "step_size": 0.002, "random_start": False}
-    summary, _ = evaluate(model, data.Loader(test, 200), weak)
+    summary, _ = evaluate(model, data.Loader(test, 200, device), weak)
     assert {"pgd_le_fgsm", "attack_beats_noise"} <= _failed(summary)
     assert summary["possible_gradient_masking"] is True
 
@@ -136,32 +136,32 @@ def _rigged(real, fake_when):
         ),
     ],
 )
-def test_each_check_catches_its_fault(trained_digits, monkeypatch, check, fake_when):
+def test_each_check_catches_its_fault(trained_digits, device, monkeypatch, check, fake_when):
     model, _, test = trained_digits
     monkeypatch.setattr(ev, "craft", _rigged(ev.craft, fake_when))
-    summary, _ = evaluate(model, data.Loader(test, 200), PGD)
+    summary, _ = evaluate(model, data.Loader(test, 200, device), PGD)
     assert check in _failed(summary)
     assert summary["possible_gradient_masking"] is True
 
 
-def test_a_misclassified_sample_is_never_robust(trained_digits, monkeypatch):
+def test_a_misclassified_sample_is_never_robust(trained_digits, device, monkeypatch):
     """An 'attack' that replaces every input by a correctly classified image of its class."""
     model, _, test = trained_digits
-    x = torch.tensor(test.images, dtype=torch.float32) / 255
-    y = torch.tensor(test.labels)
+    x = torch.tensor(test.images, dtype=torch.float32, device=device) / 255
+    y = torch.tensor(test.labels, device=device)
     with torch.no_grad():
         right = model(x).argmax(1) == y
     prototype = torch.stack([x[right & (y == c)][0] for c in range(10)])
     monkeypatch.setattr(ev, "craft", lambda model, x, y, spec, generator, **kw: prototype[y])
-    summary, frame = evaluate(model, data.Loader(test, 200), {**PGD, "hygiene": False})
+    summary, frame = evaluate(model, data.Loader(test, 200, device), {**PGD, "hygiene": False})
     assert (frame["adv_pred"] == frame["label"]).all() and not frame["clean_correct"].all()
     assert frame["robust_correct"].equals(frame["clean_correct"])
     assert summary["robust_acc"] == summary["clean_acc"] < 1
 
 
-def test_autoattack_through_evaluate(trained_digits):
+def test_autoattack_through_evaluate(trained_digits, device):
     model, _, test = trained_digits
-    loader = data.Loader(test, 20)  # two batches and a cut: the first 32 points
+    loader = data.Loader(test, 20, device)  # two batches and a cut: the first 32 points
     model[1][4].train()
     try:
         summary, frame = evaluate(model, loader, {**AA_FAST, "n_points": 32}, seed=3)
@@ -183,19 +183,19 @@ def test_autoattack_through_evaluate(trained_digits):
     json.dumps(summary)
 
 
-def test_autoattack_that_does_nothing_is_flagged(trained_digits, monkeypatch):
+def test_autoattack_that_does_nothing_is_flagged(trained_digits, device, monkeypatch):
     model, _, test = trained_digits
     monkeypatch.setattr(ev, "autoattack", lambda model, x, y, **kw: x.clone())
-    summary, _ = evaluate(model, data.Loader(test, 200), {"type": "autoattack", "eps": 0.1})
+    summary, _ = evaluate(model, data.Loader(test, 200, device), {"type": "autoattack", "eps": 0.1})
     assert summary["n"] == min(500, len(test))  # default n_points: 500
     assert _failed(summary) == {"autoattack_le_pgd"}
     assert summary["possible_gradient_masking"] is True
 
 
-def test_randomized_model_is_flagged_by_autoattack_and_eps_zero(trained_digits):
+def test_randomized_model_is_flagged_by_autoattack_and_eps_zero(trained_digits, device):
     model, _, test = trained_digits
     torch.manual_seed(0)
-    summary, _ = evaluate(Noisy(model), data.Loader(test, 64), {**AA_FAST, "n_points": 64})
+    summary, _ = evaluate(Noisy(model), data.Loader(test, 64, device), {**AA_FAST, "n_points": 64})
     assert {"autoattack_self_checks", "eps_zero_is_clean"} <= _failed(summary)
     assert any("randomized" in w["message"] for w in summary["autoattack"]["warnings"])
     assert summary["possible_gradient_masking"] is True
@@ -218,20 +218,24 @@ def test_randomized_model_is_flagged_by_autoattack_and_eps_zero(trained_digits):
         ({"type": "deepfool"}, "attack type"),
     ],
 )
-def test_bad_specs_are_named(trained_digits, spec, match):
+def test_bad_specs_are_named(trained_digits, device, spec, match):
     model, _, test = trained_digits
     with pytest.raises(InputError, match=match):
-        evaluate(model, data.Loader(test, 64), spec)
+        evaluate(model, data.Loader(test, 64, device), spec)
 
 
-def test_evaluation_json_records_the_software_versions(trained_digits, digits_dir, tmp_path):
+def test_evaluation_json_records_the_software_versions(
+    trained_digits, device, digits_dir, tmp_path
+):
     model, spec, _ = trained_digits
     models.save(model, spec, tmp_path / "run")
     out = tmp_path / "fgsm.json"
     attack = json.dumps({"type": "fgsm", "eps": 0.05, "hygiene": False})
     argv = ["evaluate", "--model", str(tmp_path / "run"), "--data", digits_dir]
+    argv += ["--device", str(device)]
     assert cli.main([*argv, "--attack", attack, "--out", str(out)]) == 0
     written = json.loads(out.read_text())
+    assert written["device"] == str(next(model.parameters()).device)
     assert written["versions"] == software_versions()
     assert written["versions"]["torch"] == torch.__version__
     assert set(written["versions"]) == {"python", "torch", "cuda", "cudnn", "robustcore", "numpy"}

@@ -138,11 +138,12 @@ class _Ring(nn.Module):
         return torch.stack([r - 0.25, 0.25 - r], dim=1) * 50
 
 
-def test_decision_boundary_line_and_circle(tmp_path):
+def test_decision_boundary_line_and_circle(tmp_path, device):
     line = nn.Linear(2, 2)
     with torch.no_grad():
         line.weight.copy_(torch.tensor([[0.0, 0.0], [20.0, 0.0]]))
         line.bias.copy_(torch.tensor([0.0, -10.0]))
+    line = line.to(device)  # the grid is evaluated where the model is (the ring has no weights)
     rng = np.random.default_rng(5)
     x = rng.random((40, 2)).astype(np.float32)
     y_line = (x[:, 0] > 0.5).astype(np.int64)

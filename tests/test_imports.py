@@ -63,8 +63,8 @@ def test_cycle_finder_sees_function_level_and_parent_package_imports(tmp_path):
 
 # DESIGN.md's layers, leaves first: a module may import its own layer and earlier ones only.
 LAYERS = [
-    ["io", "cost", "precision", "codegraph", "scale", "jobcost"],
-    ["runtime", "persample"],
+    ["io", "cost", "precision", "hostsync", "codegraph", "scale", "jobcost"],
+    ["runtime", "persample", "distributed"],
     ["data", "models", "perturb", "checkpoint", "probe", "select"],
     ["attacks"],
     ["sensitivity"],

@@ -34,14 +34,16 @@ def _spec(arch, kwargs, shape, classes):
 
 
 @pytest.mark.parametrize(("arch", "kwargs", "shape", "classes"), CASES)
-def test_every_arch_builds_and_normalizes_first(arch, kwargs, shape, classes):
-    model = models.build(_spec(arch, kwargs, shape, classes)).eval()
+def test_every_arch_builds_and_normalizes_first(arch, kwargs, shape, classes, device):
+    model = models.build(_spec(arch, kwargs, shape, classes)).to(device).eval()
     assert isinstance(model[0], models.Normalize)
-    x = torch.rand(2, *shape)
+    x = torch.rand(2, *shape, device=device)
     with torch.no_grad():
-        assert model(x).shape == (2, classes)
+        out = model(x)
+        assert out.shape == (2, classes) and out.device == x.device
+        assert torch.isfinite(out).all()
         # The first layer maps [0, 1] input to (x - mean) / std.
-        assert torch.allclose(model[0](x), (x - 0.5) / 0.25)
+        torch.testing.assert_close(model[0](x).cpu(), ((x - 0.5) / 0.25).cpu())
 
 
 def test_cifar_resnet18_has_small_stem():
@@ -50,18 +52,25 @@ def test_cifar_resnet18_has_small_stem():
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
 
 
-def test_save_load_round_trip(tmp_path):
+def test_save_load_round_trip(tmp_path, device):
     spec = _spec("small_cnn", {"width": 8}, [1, 8, 8], 10)
-    model = models.build(spec)
+    model = models.build(spec).to(device)
     with torch.no_grad():
         model[1][1].running_mean.add_(0.3)  # a buffer must travel too
     models.save(model, spec, tmp_path)
-    loaded = models.load(tmp_path / "model.pt")
+    # model.pt holds CPU tensors: a model trained on a GPU loads on a machine without one.
+    saved = torch.load(tmp_path / "model.pt", map_location=None, weights_only=True)
+    assert {v.device.type for v in saved.values()} == {"cpu"}
+    loaded = models.load(tmp_path / "model.pt", device)
     assert not loaded.training
-    x = torch.rand(4, 1, 8, 8)
+    assert {p.device.type for p in loaded.state_dict().values()} == {device.type}
+    x = torch.rand(4, 1, 8, 8, device=device)
     with torch.no_grad():
-        assert torch.equal(model.eval()(x), loaded(x))
-    assert models.load(tmp_path).state_dict().keys() == model.state_dict().keys()
+        assert torch.equal(model.eval()(x).cpu(), loaded(x).cpu())
+    on_cpu = models.load(tmp_path)  # the default: the CPU
+    assert on_cpu.state_dict().keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(on_cpu.state_dict()[key], value.cpu()), key
 
 
 def test_load_rejects_corrupt_or_mismatched_files(tmp_path):
@@ -90,15 +99,19 @@ def test_batch_coupling_detection():
     )
 
 
-def test_equal_weights_save_to_equal_bytes(tmp_path):
+def test_equal_weights_save_to_equal_bytes(tmp_path, device):
     """model.pt is byte-reproducible (a cluster run can be compared with a local one by bytes)."""
     spec = {"arch": "mlp", "kwargs": {"hidden": [4]}, "in_shape": [4], "num_classes": 2,
             "mean": [0.0], "std": [1.0]}  # fmt: skip
     torch.manual_seed(0)
     model = models.build(spec)
+    models.save(model, spec, tmp_path / "cpu")
+    model.to(device)
     models.save(model, spec, tmp_path / "a")
     models.save(model, spec, tmp_path / "b")
     assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()
+    # The same weights saved from the test device and from the CPU: the same bytes.
+    assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "cpu/model.pt").read_bytes()
 
 
 def test_model_json_records_the_software_versions(tmp_path):

@@ -40,26 +40,37 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _model(arch: str = "small_cnn", seed: int = 0, **kwargs) -> nn.Module:
+def _model(device: torch.device, arch: str = "small_cnn", seed: int = 0, **kwargs) -> nn.Module:
+    """A small model (initialised on the CPU from `seed`, the same on every device) on `device`."""
     torch.manual_seed(seed)
     kwargs = {"width": 4, **kwargs} if arch == "small_cnn" else {"hidden": [16], **kwargs}
-    return models.build(models.model_spec(arch, kwargs, meta_for(make_split(8), 3))).train()
+    spec = models.model_spec(arch, kwargs, meta_for(make_split(8), 3))
+    return models.build(spec).to(device).train()
 
 
-def _batch(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(device: torch.device, n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     split = make_split(n, seed=seed)
-    return torch.from_numpy(split.images).float() / 255, torch.from_numpy(split.labels)
+    x = torch.from_numpy(split.images).float() / 255
+    return x.to(device), torch.from_numpy(split.labels).to(device)
 
 
-def _ctx(name: str, epoch: int = 1, seed: int = 0, weight=None, **params) -> StepContext:
+def _ctx(
+    name: str, device: torch.device, epoch: int = 1, seed: int = 0, weight=None, **params
+) -> StepContext:
+    """A step context: CPU generator from `seed`, device generator (random starts) `seed + 100`."""
     return StepContext(
         spec={**REGIMES[name].defaults, **params, "type": name},
         epoch=epoch,
         generator=torch.Generator().manual_seed(seed),
-        device_generator=torch.Generator().manual_seed(seed + 100),
+        device_generator=torch.Generator(device=device).manual_seed(seed + 100),
         cost=Cost(),
         sample_weight=weight,
     )
+
+
+def _on_cpu(device: torch.device) -> bool:
+    """True on the CPU, where batched code and reference loops are held to the tighter tolerance."""
+    return device.type == "cpu"
 
 
 def _grads(model: nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
@@ -79,7 +90,7 @@ def _train_inputs(model: nn.Module) -> tuple[list[torch.Tensor], object]:
 
 
 def _trades_reference(model, x, y, *, beta, eps, steps, step_size, noise):
-    """yaodongyu/TRADES trades_loss, written out plainly (CPU, size_average=False = 'sum')."""
+    """yaodongyu/TRADES trades_loss, written out plainly (size_average=False = 'sum')."""
     criterion_kl = nn.KLDivLoss(reduction="sum")
     model.eval()
     batch_size = len(x)
@@ -102,20 +113,23 @@ def _trades_reference(model, x, y, *, beta, eps, steps, step_size, noise):
     return loss_natural + beta * loss_robust
 
 
-def test_trades_loss_and_gradient_equal_the_reference_implementation():
-    model, x, y = _model(), *_batch()
+def test_trades_loss_and_gradient_equal_the_reference_implementation(device):
+    model, x, y = _model(device), *_batch(device)
     reference_model = copy.deepcopy(model)
-    ctx = _ctx("trades", beta=6.0, **ATTACK)
+    ctx = _ctx("trades", device, beta=6.0, **ATTACK)
     result = trades_step(model, x, y, ctx)
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(100))
+    # The step's start noise comes from the device generator (seed 100), drawn on the device.
+    generator = torch.Generator(device=device).manual_seed(100)
+    noise = torch.randn(x.shape, generator=generator, device=device)
     expected = _trades_reference(reference_model, x, y, beta=6.0, noise=noise, **ATTACK)
-    assert result.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    rel, atol = (1e-6, 1e-6) if _on_cpu(device) else (1e-5, 1e-5)
+    assert result.loss.item() == pytest.approx(expected.item(), rel=rel)
     for got, want in zip(
         _grads(model, result.loss), _grads(reference_model, expected), strict=True
     ):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.cpu(), want.cpu(), rtol=1e-5, atol=atol)
     assert model.training and all(m.training for m in model.modules())
-    assert result.losses.mean().item() == pytest.approx(result.loss.item(), rel=1e-6)
+    assert result.losses.mean().item() == pytest.approx(result.loss.item(), rel=rel)
     n = len(y)
     assert ctx.cost.forward == {"clean": n, "attack": 3 * n, "update": 2 * n}
     assert ctx.cost.backward == {"attack": 3 * n, "update": 2 * n}
@@ -154,43 +168,55 @@ def _per_sample_cosines(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     ids=["mlp", "cnn4-bn", "cnn16-bn"],
 )
 @pytest.mark.parametrize("method", ["ghost", "direct"])
-def test_gradmatch_equals_cosines_of_per_sample_gradients(arch, kwargs, method):
-    model, (x, y) = _model(arch, **kwargs), _batch(12)
+def test_gradmatch_equals_cosines_of_per_sample_gradients(arch, kwargs, method, device):
+    model, (x, y) = _model(device, arch, **kwargs), _batch(device, 12)
     with torch.no_grad():  # move running stats off their init so eval ≠ batch statistics
-        model(torch.rand(32, *x.shape[1:]) * 0.5)
+        model(torch.rand(32, *x.shape[1:], device=device) * 0.5)
     state = copy.deepcopy(model.state_dict())
     got = gradmatch_similarity(model, x, y, method=method)
-    torch.testing.assert_close(got.double(), _per_sample_cosines(model, x, y), rtol=0, atol=1e-5)
+    assert got.device == x.device
+    atol = 1e-5 if _on_cpu(device) else 5e-5
+    expected = _per_sample_cosines(model, x, y)
+    torch.testing.assert_close(got.double().cpu(), expected.cpu(), rtol=0, atol=atol)
     assert model.training  # not left in eval mode, running statistics not touched
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_weight_norm_identities_agree_with_materialised_gradients():
+def test_weight_norm_identities_agree_with_materialised_gradients(device):
+    generator = torch.Generator().manual_seed(0)
     for t in (1, 7):
-        a, d, g = torch.randn(5, t, 6), torch.randn(5, t, 3), torch.randn(3, 6)
+        a, d, g = (
+            torch.randn(shape, generator=generator).to(device)
+            for shape in ((5, t, 6), (5, t, 3), (3, 6))
+        )
         per_sample = torch.einsum("btd,bte->bed", a, d)  # materialised, for the check only
         expected = per_sample.square().sum((1, 2)), (per_sample * g).sum((1, 2))
         for method in ("ghost", "direct", "auto"):
-            torch.testing.assert_close(weight_terms(a, d, g, method), expected)
+            got = weight_terms(a, d, g, method)
+            assert all(term.device == a.device for term in got)
+            torch.testing.assert_close(
+                tuple(term.cpu() for term in got), tuple(term.cpu() for term in expected)
+            )
 
 
-def test_gradmatch_names_an_unsupported_layer():
+def test_gradmatch_names_an_unsupported_layer(device):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.LayerNorm(8), nn.Linear(8, 3))
     with pytest.raises(InputError, match="LayerNorm"):
-        gradmatch_similarity(model, *_batch(4))
+        gradmatch_similarity(model.to(device), *_batch(device, 4))
 
 
 # ----------------------------------------------------------------------------- selective
 
 
 @pytest.mark.parametrize("rho, m", [(0.25, 3), (0.22, 2)])
-def test_selective_perturbs_exactly_m_per_batch_and_counts_the_work(rho, m):
+def test_selective_perturbs_exactly_m_per_batch_and_counts_the_work(rho, m, device):
     split = make_split(42)  # batches 10, 10, 10, 10, 2 → m = ⌊10ρ + ½⌋ four times, then 1
     generator = seed_everything(0)
     spec = {**TRAINING, "epochs": 1, "type": "selective", "warmup_epochs": 0, "rho": rho}
-    _, cost = fit(_model(), data.Loader(split, 10), {**spec, **ATTACK}, generator=generator)
+    loader = data.Loader(split, 10, device)
+    _, cost = fit(_model(device), loader, {**spec, **ATTACK}, generator=generator)
     perturbed = 4 * m + 1
     assert cost.samples_perturbed == perturbed
     assert cost.forward == {"update": 42 + perturbed, "attack": 3 * perturbed}
@@ -198,51 +224,56 @@ def test_selective_perturbs_exactly_m_per_batch_and_counts_the_work(rho, m):
 
 
 def _chosen(result) -> torch.Tensor:
-    """Indices with an adversarial share in the logged losses (of a step run with lam = 0)."""
-    return torch.nonzero(result.losses > 0).flatten().sort().values
+    """Indices (on the CPU) with an adversarial share in the logged losses (a step with lam = 0)."""
+    return torch.nonzero(result.losses > 0).flatten().sort().values.cpu()
 
 
-def test_selective_warm_up_picks_uniformly_with_the_cpu_generator():
-    model, (x, y) = _model(), _batch(16)
-    during = selective_step(model, x, y, _ctx("selective", epoch=2, seed=3, lam=0.0, **ATTACK))
+def test_selective_warm_up_picks_uniformly_with_the_cpu_generator(device):
+    model, (x, y) = _model(device), _batch(device, 16)
+    ctx = _ctx("selective", device, epoch=2, seed=3, lam=0.0, **ATTACK)
+    during = selective_step(model, x, y, ctx)
     expected = torch.randperm(16, generator=torch.Generator().manual_seed(3))[:4].sort().values
     assert torch.equal(_chosen(during), expected)
-    after = _ctx("selective", epoch=3, seed=3, lam=0.0, criterion="gradmatch", **ATTACK)
+    after = _ctx("selective", device, epoch=3, seed=3, lam=0.0, criterion="gradmatch", **ATTACK)
     selective_step(model, x, y, after)
     assert after.cost.forward["select"] == 16  # the criterion itself runs after warm-up
 
 
-def test_margin_sampling_follows_inverse_absolute_margin():
+def test_margin_sampling_follows_inverse_absolute_margin(device):
     margins = torch.tensor([0.05, 0.1, 0.5, 1.0, 4.0, -4.0, 8.0, -0.1])
     logits = torch.zeros(8, 2)
     logits[:, 0] = margins  # class 0 true: margin = logit_0 − logit_1
-    y = torch.zeros(8, dtype=torch.long)
-    ctx = _ctx("selective")
+    logits = logits.to(device)
+    y = torch.zeros(8, dtype=torch.long, device=device)
+    ctx = _ctx("selective", device)
+    first = select_subset(None, logits, y, logits, 1, "margin", ctx)
+    assert first.device == logits.device  # on the batch's device, drawn by the CPU generator
     draws = torch.stack(
-        [select_subset(None, logits, y, logits, 1, "margin", ctx) for _ in range(4000)]
+        [select_subset(None, logits, y, logits, 1, "margin", ctx).cpu() for _ in range(4000)]
     )
     freq = torch.bincount(draws.flatten(), minlength=8).double() / 4000
     expected = 1 / (margins.abs().double() + 1e-6)
     expected /= expected.sum()
     assert (freq - expected).abs().max() < 0.03
     four = torch.stack(
-        [select_subset(None, logits, y, logits, 4, "margin", ctx) for _ in range(500)]
+        [select_subset(None, logits, y, logits, 4, "margin", ctx).cpu() for _ in range(500)]
     )
     assert all(len(set(row.tolist())) == 4 for row in four)  # without replacement
     counts = torch.bincount(four.flatten(), minlength=8)
     assert counts[[0, 1, 7]].min() > 450 and counts[[4, 5, 6]].max() < 250
 
 
-def test_gradmatch_sampling_follows_the_normalised_thresholded_weights():
+def test_gradmatch_sampling_follows_the_normalised_thresholded_weights(device):
     """The paper's pipeline: cosine -> max(cos - τ, 0) -> normalise -> multinomial draw."""
     from scipy import stats
 
-    similarity = torch.tensor([-0.5, 0.1, 0.3, 0.6, 0.0, 0.45, -0.05, 0.2])
+    values = torch.tensor([-0.5, 0.1, 0.3, 0.6, 0.0, 0.45, -0.05, 0.2])
+    similarity = values.to(device)  # as gradmatch_similarity returns it: on the batch's device
     generator = torch.Generator().manual_seed(0)
     for threshold in (0.0, 0.25):
-        weights = (similarity.double() - threshold).clamp_min(0)
+        weights = (values.double() - threshold).clamp_min(0)
         expected = weights / weights.sum()
-        draws = torch.cat([gradmatch_choice(similarity, 1, generator, threshold=threshold)
+        draws = torch.cat([gradmatch_choice(similarity, 1, generator, threshold=threshold).cpu()
                            for _ in range(6000)])  # fmt: skip
         counts = torch.bincount(draws, minlength=8).double()
         assert counts[expected == 0].sum() == 0  # at or below the threshold: never drawn
@@ -252,7 +283,7 @@ def test_gradmatch_sampling_follows_the_normalised_thresholded_weights():
     three = [gradmatch_choice(similarity, 3, generator) for _ in range(200)]
     assert all(len(set(row.tolist())) == 3 for row in three)  # without replacement
     assert torch.equal(
-        gradmatch_choice(similarity, 3, generator, sampling="topk"), torch.tensor([3, 5, 2])
+        gradmatch_choice(similarity, 3, generator, sampling="topk").cpu(), torch.tensor([3, 5, 2])
     )
     # Fewer positive weights than m: the positives first, the rest filled at random.
     six = gradmatch_choice(similarity, 6, generator, threshold=0.25)
@@ -261,33 +292,37 @@ def test_gradmatch_sampling_follows_the_normalised_thresholded_weights():
 
 @pytest.mark.parametrize("criterion", ["margin", "gradmatch", "random"])
 @pytest.mark.parametrize("attack_mode", ["eval", "train"])
-def test_selective_updates_batchnorm_once_with_the_clean_batch(criterion, attack_mode):
-    model, (x, y) = _model(), _batch(16)
+def test_selective_updates_batchnorm_once_with_the_clean_batch(criterion, attack_mode, device):
+    model, (x, y) = _model(device), _batch(device, 16)
     once = copy.deepcopy(model)
     with torch.no_grad():
         once(x)  # one train-mode forward of the clean batch
-    ctx = _ctx("selective", epoch=5, criterion=criterion, attack_mode=attack_mode, **ATTACK)
+    ctx = _ctx("selective", device, epoch=5, criterion=criterion, attack_mode=attack_mode, **ATTACK)
     selective_step(model, x, y, ctx)
     assert model.training and all(m.training for m in model.modules())
     for key, value in once.state_dict().items():
-        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(
+            model.state_dict()[key].cpu(), value.cpu(), rtol=0, atol=0, msg=key
+        )
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_selective_loss_is_subset_ce_plus_lambda_clean_ce(weighted):
-    model, (x, y) = _model(), _batch(16)
+def test_selective_loss_is_subset_ce_plus_lambda_clean_ce(weighted, device):
+    model, (x, y) = _model(device), _batch(device, 16)
     reference = copy.deepcopy(model)
-    weight = torch.rand(16, generator=torch.Generator().manual_seed(9)) if weighted else None
-    ctx = _ctx("selective", epoch=3, seed=5, weight=weight, lam=0.5, **ATTACK)
+    weight = None
+    if weighted:
+        weight = torch.rand(16, generator=torch.Generator().manual_seed(9)).to(device)
+    ctx = _ctx("selective", device, epoch=3, seed=5, weight=weight, lam=0.5, **ATTACK)
     result = selective_step(model, x, y, ctx)
-    # by hand: margins of the clean train-mode forward, the same draw, PGD in eval mode
+    # by hand: margins of the clean train-mode forward, the same draw (the CPU generator, seed
+    # 5), PGD in eval mode from the device generator's random start (seed 105)
     logits = reference(x)
     margin = logits.gather(1, y[:, None]).squeeze(1) - logits.scatter(1, y[:, None], -1e9).max(1)[0]
-    probs = 1 / (margin.detach().abs().double() + 1e-6)
-    chosen = torch.multinomial(probs, 4, generator=torch.Generator().manual_seed(5))
-    x_adv = pgd(
-        reference, x[chosen], y[chosen], generator=torch.Generator().manual_seed(105), **ATTACK
-    )
+    probs = 1 / (margin.detach().abs().double().cpu() + 1e-6)
+    chosen = torch.multinomial(probs, 4, generator=torch.Generator().manual_seed(5)).to(device)
+    start = torch.Generator(device=device).manual_seed(105)
+    x_adv = pgd(reference, x[chosen], y[chosen], generator=start, **ATTACK)
     adv = F.cross_entropy(reference(x_adv), y[chosen], reduction="none")
     clean = F.cross_entropy(logits, y, reduction="none")
     if weighted:
@@ -295,12 +330,13 @@ def test_selective_loss_is_subset_ce_plus_lambda_clean_ce(weighted):
         expected = (adv * w).sum() / w.sum() + 0.5 * (clean * weight).sum() / weight.sum()
     else:
         expected = adv.mean() + 0.5 * clean.mean()
-    assert result.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    rel, atol = (1e-6, 1e-6) if _on_cpu(device) else (1e-5, 1e-5)
+    assert result.loss.item() == pytest.approx(expected.item(), rel=rel)
     for got, want in zip(_grads(model, result.loss), _grads(reference, expected), strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.cpu(), want.cpu(), rtol=1e-5, atol=atol)
     if not weighted:
-        assert result.losses.mean().item() == pytest.approx(result.loss.item(), rel=1e-6)
-    torch.testing.assert_close(result.logits, logits.detach())
+        assert result.losses.mean().item() == pytest.approx(result.loss.item(), rel=rel)
+    torch.testing.assert_close(result.logits.cpu(), logits.detach().cpu())
 
 
 # ----------------------------------------------------------------------------- pgd, fgsm_rs
@@ -308,7 +344,7 @@ def test_selective_loss_is_subset_ce_plus_lambda_clean_ce(weighted):
 
 def _wong_fgsm_rs(model, x, y, eps, alpha, generator):
     """fast_adversarial train_fgsm.py's inner step (crafted in eval mode), written out."""
-    delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+    delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
     delta = torch.max(torch.min(delta, 1 - x), -x).requires_grad_(True)
     model.eval()
     grad = torch.autograd.grad(F.cross_entropy(model(x + delta), y), delta)[0]
@@ -319,8 +355,8 @@ def _wong_fgsm_rs(model, x, y, eps, alpha, generator):
 
 @pytest.mark.parametrize("regime", ["pgd", "fgsm_rs"])
 @pytest.mark.parametrize("attack_mode", ["eval", "train"])
-def test_adversarial_batch_in_ball_counted_and_mode_restored(regime, attack_mode):
-    model, (x, y) = _model(), _batch(16)
+def test_adversarial_batch_in_ball_counted_and_mode_restored(regime, attack_mode, device):
+    model, (x, y) = _model(device), _batch(device, 16)
     modes: list[bool] = []
     bn = next(m for m in model.modules() if isinstance(m, BN))
     bn.register_forward_pre_hook(lambda m, a: modes.append(m.training))
@@ -329,10 +365,10 @@ def test_adversarial_batch_in_ball_counted_and_mode_restored(regime, attack_mode
     seen, handle = _train_inputs(model)
     params = {"eps": 0.1, "attack_mode": attack_mode}
     if regime == "pgd":
-        ctx = _ctx("pgd", steps=3, step_size=0.04, **params)
+        ctx = _ctx("pgd", device, steps=3, step_size=0.04, **params)
         result, steps = pgd_step(model, x, y, ctx), 3
     else:
-        ctx = _ctx("fgsm_rs", alpha=0.125, **params)
+        ctx = _ctx("fgsm_rs", device, alpha=0.125, **params)
         result, steps = fgsm_rs_step(model, x, y, ctx), 1
     handle.remove()
     trained_on = seen[-1]
@@ -347,10 +383,14 @@ def test_adversarial_batch_in_ball_counted_and_mode_restored(regime, attack_mode
     assert ctx.cost.forward == {"attack": steps * 16, "update": 16}
     assert ctx.cost.backward == {"attack": steps * 16, "update": 16}
     assert (ctx.cost.attack_steps, ctx.cost.samples_perturbed) == (steps, 16)
-    torch.testing.assert_close(result.losses, F.cross_entropy(result.logits, y, reduction="none"))
+    assert trained_on.device == x.device
+    torch.testing.assert_close(
+        result.losses.cpu(), F.cross_entropy(result.logits, y, reduction="none").cpu()
+    )
     if regime == "fgsm_rs" and attack_mode == "eval":
-        expected = _wong_fgsm_rs(reference, x, y, 0.1, 0.125, torch.Generator().manual_seed(100))
-        torch.testing.assert_close(trained_on, expected.detach(), rtol=0, atol=1e-6)
+        start = torch.Generator(device=device).manual_seed(100)  # the context's device generator
+        expected = _wong_fgsm_rs(reference, x, y, 0.1, 0.125, start)
+        torch.testing.assert_close(trained_on.cpu(), expected.detach().cpu(), rtol=0, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- training
@@ -370,15 +410,15 @@ def test_adversarial_batch_in_ball_counted_and_mode_restored(regime, attack_mode
     ],
     ids=lambda p: "-".join(str(v) for v in p.values()),
 )
-def test_each_regime_trains_two_epochs_reproducibly(params):
+def test_each_regime_trains_two_epochs_reproducibly(params, device):
     split = make_split(48)
 
     def run():
         generator = seed_everything(0)
-        model = _model()
+        model = _model(device)
         start = copy.deepcopy(model.state_dict())
         spec = {**TRAINING, "steps": 3, **params}
-        log, cost = fit(model, data.Loader(split, 16), spec, generator=generator)
+        log, cost = fit(model, data.Loader(split, 16, device), spec, generator=generator)
         return model, start, log, cost
 
     model, start, log, cost = run()
@@ -390,29 +430,29 @@ def test_each_regime_trains_two_epochs_reproducibly(params):
     assert cost.samples_perturbed > 0 and cost.forward["attack"] > 0
 
 
-def _robust_accuracy(model: nn.Module, test, eps: float) -> float:
-    x = torch.from_numpy(test.images).float() / 255
-    y = torch.from_numpy(test.labels)
+def _robust_accuracy(model: nn.Module, test, eps: float, device: torch.device) -> float:
+    x = (torch.from_numpy(test.images).float() / 255).to(device)
+    y = torch.from_numpy(test.labels).to(device)
     x_adv = pgd(
         model.eval(), x, y, eps=eps, steps=10, step_size=eps / 4,
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator(device=device).manual_seed(0),
     )  # fmt: skip
     with torch.no_grad():
         return float((model(x_adv).argmax(1) == y).float().mean())
 
 
-def test_pgd_training_is_more_robust_than_standard_on_digits(digits_dir):
+def test_pgd_training_is_more_robust_than_standard_on_digits(digits_dir, device):
     """Measured: PGD-10 accuracy at ε = 0.1 on the test split: 0.22 standard, 0.64 PGD-AT."""
     train, test = data.load(digits_dir)
     spec = models.model_spec("small_cnn", {"width": 8}, data.load_meta(digits_dir))
     accuracy = {}
     for regime in ("standard", "pgd"):
         generator = seed_everything(0)
-        model = models.build(spec)
+        model = models.build(spec).to(device)
         training = {**TRAINING, "epochs": 4, "batch_size": 64, "type": regime}
         training.update(eps=0.1, steps=5, step_size=0.05)
-        fit(model, data.Loader(train, 64), training, generator=generator)
-        accuracy[regime] = _robust_accuracy(model, test, 0.1)
+        fit(model, data.Loader(train, 64, device), training, generator=generator)
+        accuracy[regime] = _robust_accuracy(model, test, 0.1, device)
     assert accuracy["pgd"] > accuracy["standard"] + 0.25, accuracy
 
 
@@ -434,10 +474,11 @@ def test_pgd_training_is_more_robust_than_standard_on_digits(digits_dir):
         ("fgsm_rs", "attack_mode", "both"),
     ],
 )
-def test_bad_parameters_raise_naming_the_key(regime, key, value):
+def test_bad_parameters_raise_naming_the_key(regime, key, value, device):
     spec = {**TRAINING, "epochs": 1, "type": regime, key: value}
+    loader = data.Loader(make_split(16), 16, device)
     with pytest.raises(InputError, match=rf"regime '{regime}': {key} must be"):
-        fit(_model(), data.Loader(make_split(16), 16), spec, generator=seed_everything(0))
+        fit(_model(device), loader, spec, generator=seed_everything(0))
 
 
 def test_registered_defaults():

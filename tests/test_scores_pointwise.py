@@ -42,10 +42,11 @@ def make_probe(logits: np.ndarray, features: np.ndarray | None = None, labels=No
     )
 
 
-def probe_inputs(logits, features=None, labels=None) -> ScoreInputs:
-    """ScoreInputs carrying a probe."""
+def probe_inputs(logits, features=None, labels=None, device=None) -> ScoreInputs:
+    """ScoreInputs carrying a probe (and the device a method computes on, default the CPU)."""
     probe = make_probe(np.asarray(logits, dtype=np.float64), features, labels)
-    return ScoreInputs(index=probe.index, labels=probe.labels, probe=probe)
+    device = torch.device("cpu") if device is None else device
+    return ScoreInputs(index=probe.index, labels=probe.labels, probe=probe, device=device)
 
 
 def dynamics_inputs(correct: np.ndarray, el2n=None, grad=None, seed: int = 0) -> ScoreInputs:
@@ -73,15 +74,16 @@ def dynamics_inputs(correct: np.ndarray, el2n=None, grad=None, seed: int = 0) ->
     return ScoreInputs(index=index, labels=labels, dynamics=frames)
 
 
-def model_inputs(model: nn.Module, x: np.ndarray) -> ScoreInputs:
-    """ScoreInputs with a model and a float vector training split."""
+def model_inputs(model: nn.Module, x: np.ndarray, device: torch.device) -> ScoreInputs:
+    """ScoreInputs with a model moved to `device` and a float vector training split."""
     x = np.asarray(x, dtype=np.float32)
     labels = np.zeros(len(x), dtype=np.int64)
     return ScoreInputs(
         index=np.arange(len(x), dtype=np.int64),
         labels=labels,
-        model=model,
+        model=model.to(device),
         train=Split(labels=labels, images=x),
+        device=device,
     )
 
 
@@ -248,7 +250,7 @@ def cal_reference(features, logits, labels, k, per_class):
 
 @pytest.mark.parametrize("per_class", [True, False])
 @pytest.mark.parametrize("blocks", [None, (7, 5)])
-def test_cal_matches_per_sample_reference(per_class, blocks, monkeypatch):
+def test_cal_matches_per_sample_reference(per_class, blocks, device, monkeypatch):
     if blocks:  # many small distance blocks: self-exclusion and top-k merge across blocks
         monkeypatch.setattr(cal, "KNN_BLOCK_ROWS", blocks[0])
         monkeypatch.setattr(cal, "KNN_BLOCK_COLS", blocks[1])
@@ -257,29 +259,30 @@ def test_cal_matches_per_sample_reference(per_class, blocks, monkeypatch):
     logits = rng.normal(scale=2, size=(45, 4))
     labels = rng.integers(0, 3, size=45)
     labels[:4] = 3  # a class smaller than k + 1: all its other members are the neighbours
-    inputs = probe_inputs(logits, features, labels)
+    inputs = probe_inputs(logits, features, labels, device)  # neighbours found on the device
     result = run("cal", inputs, k=5, per_class=per_class)
     expected = cal_reference(features.astype(np.float64), logits, labels, 5, per_class)
     np.testing.assert_allclose(result["score"], expected, rtol=1e-6, atol=1e-12)
     assert result.loc[:3, "n_neighbours"].tolist() == ([3] * 4 if per_class else [5] * 4)
 
 
-def test_cal_kl_direction_is_neighbour_to_sample():
+def test_cal_kl_direction_is_neighbour_to_sample(device):
     """Two samples, k=1: each scores KL(p_other ‖ p_self), which is not symmetric."""
     logits = np.log([[0.9, 0.1], [0.5, 0.5]])
-    result = run("cal", probe_inputs(logits, [[0.0], [1.0]], [0, 0]), k=1)
+    result = run("cal", probe_inputs(logits, [[0.0], [1.0]], [0, 0], device), k=1)
     p, q = np.array([0.9, 0.1]), np.array([0.5, 0.5])
     np.testing.assert_allclose(result["score"], [scipy_entropy(q, p), scipy_entropy(p, q)], 1e-6)
     assert scipy_entropy(q, p) > scipy_entropy(p, q) + 0.05
 
 
-def test_cal_keeps_the_sample_its_neighbours_disagree_with():
+def test_cal_keeps_the_sample_its_neighbours_disagree_with(device):
     """Two tight clusters of one class; the odd-one-out prediction scores highest."""
     rng = np.random.default_rng(6)
     features = np.concatenate([rng.normal(0, 0.1, (6, 3)), rng.normal(5, 0.1, (6, 3))])
     logits = np.tile([4.0, 0.0], (12, 1))
     logits[2] = [0.0, 4.0]  # disagrees with its cluster
-    result = run("cal", probe_inputs(logits, features, np.zeros(12, dtype=np.int64)), k=3)
+    labels = np.zeros(12, dtype=np.int64)
+    result = run("cal", probe_inputs(logits, features, labels, device), k=3)
     assert kept_first("cal", result) == 2
     agreeing = result["score"].to_numpy()[6:]  # the other cluster: all agree
     assert result["score"][2] > 10 * agreeing.max()
@@ -297,10 +300,10 @@ def test_cal_rejects_bad_params():
 
 
 # -------------------------------------------------------------------------------------- DeepFool
-def deepfool_reference(model, x0, max_iter=50, overshoot=0.02):
+def deepfool_reference(model, x0, device, max_iter=50, overshoot=0.02):
     """One sample at a time, all classes, as in the DeepFool reference code; inf if no flip."""
     model.eval()
-    x0 = torch.as_tensor(x0, dtype=torch.float32)[None]
+    x0 = torch.as_tensor(x0, dtype=torch.float32, device=device)[None]
     pred = int(model(x0).argmax(1))
     r_tot = torch.zeros_like(x0)
     x, iterations, label = x0.clone(), 0, pred
@@ -349,14 +352,14 @@ class Constant(nn.Module):
         return torch.stack([s + 1, s], 1)
 
 
-def test_deepfool_equals_hyperplane_distance_for_a_linear_model():
+def test_deepfool_equals_hyperplane_distance_for_a_linear_model(device):
     rng = np.random.default_rng(7)
     w, b = rng.normal(size=(2, 6)), rng.normal(size=2)
     x = rng.normal(size=(20, 6))
     w_diff, b_diff = w[1] - w[0], b[1] - b[0]
     x[3] -= (x[3] @ w_diff + b_diff) / (w_diff @ w_diff) * w_diff  # on the decision boundary
     analytic = np.abs(x @ w_diff + b_diff) / np.linalg.norm(w_diff)
-    inputs = model_inputs(linear_model(w, b), x)
+    inputs = model_inputs(linear_model(w, b), x, device)
     exact = run("deepfool", inputs, overshoot=0.0, batch_size=7)
     np.testing.assert_allclose(exact["score"], analytic + 1e-4, rtol=1e-4, atol=1e-5)
     assert exact["iterations"].tolist() == [1] * 20 and exact["flipped"].all()
@@ -366,7 +369,7 @@ def test_deepfool_equals_hyperplane_distance_for_a_linear_model():
     assert analytic[3] < 1e-5
 
 
-def test_deepfool_multiclass_linear_and_top_classes():
+def test_deepfool_multiclass_linear_and_top_classes(device):
     """Three classes: the nearest pairwise hyperplane; top_classes=2 sees only the runner-up."""
     w = np.array([[1.0, 0.0], [0.9, 0.0], [0.0, -3.0]])
     b = np.array([0.0, 0.05, 0.2])
@@ -383,15 +386,16 @@ def test_deepfool_multiclass_linear_and_top_classes():
         runner_up = max(dists, key=lambda c: row[c])
         expected_all.append(min(dists.values()))
         expected_top2.append(dists[runner_up])
-    inputs = model_inputs(linear_model(w, b), x)
+    inputs = model_inputs(linear_model(w, b), x, device)
     got = run("deepfool", inputs, overshoot=0.0)["score"]
     np.testing.assert_allclose(got, np.array(expected_all) + 1e-4, rtol=1e-5)
     model = inputs.model.requires_grad_(False)
     got2, flipped, _ = deepfool._deepfool_batch(
-        model, torch.as_tensor(x, dtype=torch.float32), 50, 0.0, top_classes=2
+        model, torch.as_tensor(x, dtype=torch.float32, device=device), 50, 0.0, top_classes=2
     )
+    assert got2.device == flipped.device == next(model.parameters()).device
     assert flipped.all()
-    np.testing.assert_allclose(got2.numpy(), np.array(expected_top2) + 1e-4, rtol=1e-5)
+    np.testing.assert_allclose(got2.cpu().numpy(), np.array(expected_top2) + 1e-4, rtol=1e-5)
     assert expected_top2[0] > 1.3 * expected_all[0]  # the runner-up is not the nearest boundary
 
 
@@ -415,10 +419,10 @@ def mlp(classes: int, seed: int) -> nn.Module:
 
 
 @pytest.mark.parametrize("classes", [3, 10])
-def test_deepfool_default_candidates_are_every_class_up_to_ten(classes):
+def test_deepfool_default_candidates_are_every_class_up_to_ten(classes, device):
     """With C ≤ 10 the default's 10 candidates are all classes: the same result as None."""
     x = np.random.default_rng(classes).normal(size=(24, 6))
-    inputs = model_inputs(Counted(mlp(classes, seed=classes)), x)
+    inputs = model_inputs(Counted(mlp(classes, seed=classes)), x, device)
     default = run("deepfool", inputs, batch_size=24)
     per_iteration = len(inputs.model.backwards) / default["iterations"].max()
     inputs.model.backwards.clear()
@@ -428,11 +432,11 @@ def test_deepfool_default_candidates_are_every_class_up_to_ten(classes):
     assert per_iteration == classes  # one backward per class and iteration
 
 
-def test_deepfool_default_takes_ten_candidate_gradients_above_ten_classes():
+def test_deepfool_default_takes_ten_candidate_gradients_above_ten_classes(device):
     """15 classes: 10 backwards per iteration by default, 15 with None (all classes)."""
     x = np.random.default_rng(3).normal(size=(16, 6))
     model = Counted(mlp(15, seed=4))
-    inputs = model_inputs(model, x)
+    inputs = model_inputs(model, x, device)
     result = run("deepfool", inputs, batch_size=16, max_iter=1)
     assert model.backwards == [16] * 10  # one iteration: the whole batch, 10 candidate classes
     model.backwards.clear()
@@ -444,7 +448,7 @@ def test_deepfool_default_takes_ten_candidate_gradients_above_ten_classes():
     assert result["iterations"].tolist() == [1] * 16
 
 
-def test_deepfool_matches_single_sample_reference_and_restores_the_model():
+def test_deepfool_matches_single_sample_reference_and_restores_the_model(device):
     """BatchNorm MLP left in train mode: batched DeepFool equals the per-sample loop (eval)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
@@ -452,22 +456,23 @@ def test_deepfool_matches_single_sample_reference_and_restores_the_model():
         model(torch.randn(64, 5) * 2)  # non-trivial running statistics
         model[1].weight.uniform_(0.5, 1.5)
     x = np.random.default_rng(8).random((21, 5)).astype(np.float32)
-    stats = model[1].running_mean.clone()
     model.train()
-    result = run("deepfool", model_inputs(model, x), batch_size=8)
+    inputs = model_inputs(model, x, device)
+    stats = model[1].running_mean.clone()
+    result = run("deepfool", inputs, batch_size=8)
     assert model.training and model[1].training  # mode restored
     assert torch.equal(model[1].running_mean, stats)  # attacked in eval mode
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
-    reference = [deepfool_reference(model, row) for row in x]
+    reference = [deepfool_reference(model, row, device) for row in x]
     model.train()
     np.testing.assert_allclose(result["score"], [s for s, _ in reference], rtol=1e-4)
     assert result["iterations"].tolist() == [i for _, i in reference]
     assert result["flipped"].all()
 
 
-def test_deepfool_non_flipping_samples_score_infinity():
+def test_deepfool_non_flipping_samples_score_infinity(device):
     x = np.array([[3.0, 0.0], [0.0, 1.01], [0.5, 0.0]])  # far, near (outside); inside the sphere
-    inputs = model_inputs(Quadratic(), x)
+    inputs = model_inputs(Quadratic(), x, device)
     one = run("deepfool", inputs, max_iter=1)
     assert one["flipped"].tolist() == [False, True, True]
     assert one["score"][0] == np.inf and np.isfinite(one["perturbation_norm"][0])
@@ -475,23 +480,23 @@ def test_deepfool_non_flipping_samples_score_infinity():
     full = run("deepfool", inputs)
     assert full["flipped"].all() and full["iterations"][0] > 1
     assert full["score"][0] == pytest.approx(2.0, rel=1e-2)  # distance 3 → 1 radially
-    stuck = run("deepfool", model_inputs(Constant(), x))
+    stuck = run("deepfool", model_inputs(Constant(), x, device))
     assert np.isinf(stuck["score"]).all() and (stuck["perturbation_norm"] == 0).all()
     assert stuck["iterations"].tolist() == [1, 1, 1]
 
 
-def test_deepfool_is_vectorized_over_the_batch():
+def test_deepfool_is_vectorized_over_the_batch(device):
     """A linear model flips every sample in one step: two forwards per batch, not per sample."""
     rng = np.random.default_rng(9)
     model = linear_model(rng.normal(size=(2, 4)), rng.normal(size=2))
     calls = []
     model.register_forward_hook(lambda _m, inp, _o: calls.append(len(inp[0])))
-    run("deepfool", model_inputs(model, rng.normal(size=(32, 4))), batch_size=32)
+    run("deepfool", model_inputs(model, rng.normal(size=(32, 4)), device), batch_size=32)
     assert calls == [32, 32]
 
 
-def test_deepfool_rejects_bad_params():
-    inputs = model_inputs(linear_model(np.eye(2), np.zeros(2)), np.eye(2))
+def test_deepfool_rejects_bad_params(device):
+    inputs = model_inputs(linear_model(np.eye(2), np.zeros(2)), np.eye(2), device)
     for params, key in [
         ({"max_iter": 0}, "max_iter"),
         ({"batch_size": 0}, "batch_size"),

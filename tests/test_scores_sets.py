@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.optimize import nnls as scipy_nnls
 
@@ -174,6 +175,16 @@ def test_deterministic_methods_ignore_the_seed(name):
     inputs = make_inputs(seed=6)
     a = run(name, inputs, seed=0)["score"].to_numpy()
     assert np.array_equal(a, run(name, inputs, seed=123)["score"].to_numpy())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_the_proxy_device_does_not_change_the_order(name, device):
+    """The workflow hands every method the proxy's device (ScoreInputs.device); the set methods
+    work on the probe's arrays, so on any device they give the CPU's order and components."""
+    inputs = make_inputs(seed=9)
+    on_cpu = run(name, inputs, seed=1)
+    on_device = ScoreInputs(inputs.index, inputs.labels, probe=inputs.probe, device=device)
+    pd.testing.assert_frame_equal(run(name, on_device, seed=1), on_cpu, check_exact=True)
 
 
 @pytest.mark.parametrize("name", METHODS)

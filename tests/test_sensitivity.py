@@ -34,8 +34,15 @@ C, H, W = 3, 5, 5
 EPS = 0.05
 
 
-def tiny_cnn() -> nn.Module:
-    """A smooth (tanh) CNN with BatchNorm whose running stats differ from batch stats."""
+def close(device: torch.device) -> float:
+    """Absolute tolerance between batched and per-sample float32 results: fp32 rounding, which
+    differs more between CUDA kernels of different batch sizes than on the CPU (no TF32)."""
+    return 1e-6 if device.type == "cpu" else 1e-5
+
+
+def tiny_cnn(device: torch.device | None = None) -> nn.Module:
+    """A smooth (tanh) CNN with BatchNorm whose running stats differ from batch stats, built on
+    the CPU (the same weights on every device) and moved to `device`."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(C, 4, 3, padding=1),
@@ -47,7 +54,7 @@ def tiny_cnn() -> nn.Module:
     bn = model[1]
     bn.running_mean.copy_(torch.randn(4) * 0.5)
     bn.running_var.copy_(torch.rand(4) + 0.3)
-    return model
+    return model.to(device or "cpu")
 
 
 def reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, mode: str):
@@ -76,30 +83,32 @@ def reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, mode: 
 
 
 @pytest.fixture
-def batch():
-    """Inputs away from 0 and 1 so clipping does not interfere."""
+def batch(device):
+    """Inputs away from 0 and 1 so clipping does not interfere, on the test device."""
     gen = torch.Generator().manual_seed(1)
     x = 0.2 + 0.6 * torch.rand(6, C, H, W, generator=gen)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    return x, y
+    return x.to(device), y.to(device)
 
 
 @pytest.mark.parametrize(
     ("mode", "ks", "positions"),
     [("pixel", [1, 3, 10, 25, 40], H * W), ("element", [1, 5, 30, 75, 200], C * H * W)],
 )
-def test_sparse_fgsm_matches_per_sample_loop(batch, mode, ks, positions):
+def test_sparse_fgsm_matches_per_sample_loop(batch, device, mode, ks, positions):
     x, y = batch
-    model = tiny_cnn().train()  # attacked in eval mode, train mode restored
+    model = tiny_cnn(device).train()  # attacked in eval mode, train mode restored
     adv = sparse_fgsm(model, x, y, eps=EPS, ks=ks, mode=mode)
     assert model.training and all(m.training for m in model.modules())
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
     assert list(adv) == ks
     for k in ks:
-        torch.testing.assert_close(adv[k], reference(model, x, y, k, mode), atol=1e-6, rtol=0)
+        assert adv[k].device == x.device
+        expected = reference(model, x, y, k, mode)
+        torch.testing.assert_close(adv[k], expected, atol=close(device), rtol=0)
         diff = adv[k] - x
         changed = diff != 0
-        assert torch.allclose(diff[changed].abs(), torch.tensor(EPS), atol=1e-6)
+        assert torch.allclose(diff[changed].abs(), torch.tensor(EPS, device=device), atol=1e-6)
         if mode == "pixel":
             location = changed.any(1)
             assert torch.equal(changed.all(1), location)  # every channel at a chosen location
@@ -108,11 +117,11 @@ def test_sparse_fgsm_matches_per_sample_loop(batch, mode, ks, positions):
             assert changed.flatten(1).sum(1).tolist() == [min(k, positions)] * len(x)
 
 
-def test_sparse_fgsm_clips_and_vector_modes_agree():
+def test_sparse_fgsm_clips_and_vector_modes_agree(device):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 3))
-    x = torch.tensor([[0.0, 1.0, 0.01, 0.99, 0.5, 0.5]] * 3)
-    y = torch.tensor([0, 1, 2])
+    model = nn.Sequential(nn.Linear(6, 3)).to(device)
+    x = torch.tensor([[0.0, 1.0, 0.01, 0.99, 0.5, 0.5]] * 3, device=device)
+    y = torch.tensor([0, 1, 2], device=device)
     pixel = sparse_fgsm(model, x, y, eps=0.1, ks=[2, 6], mode="pixel")
     element = sparse_fgsm(model, x, y, eps=0.1, ks=[2, 6], mode="element")
     sign = torch.autograd.functional.jacobian(
@@ -130,12 +139,13 @@ def make_split(n: int = 10) -> data.Split:
     return data.Split(labels=np.arange(n, dtype=np.int64) % 3, images=images)
 
 
-def test_sensitivity_table_rows_and_clean_forward():
+def test_sensitivity_table_rows_and_clean_forward(device):
     split = make_split()
-    model = tiny_cnn().train()
+    model = tiny_cnn(device).train()
     ks = [16, 1, 4]  # any order in; levels come out ascending
     cost = Cost()
-    table = sensitivity_table(model, data.Loader(split, 4), eps=EPS, ks=ks, mode="pixel", cost=cost)
+    loader = data.Loader(split, 4, device)
+    table = sensitivity_table(model, loader, eps=EPS, ks=ks, mode="pixel", cost=cost)
     assert model.training and all(p.grad is None for p in model.parameters())
     assert table.levels == [0, 1, 4, 16] and table.num_classes == 3 and len(table) == len(split)
     assert table.index.tolist() == list(range(len(split)))
@@ -143,29 +153,29 @@ def test_sensitivity_table_rows_and_clean_forward():
     assert table.probs.dtype == np.float32 and table.probs.shape == (len(split), 4, 3)
     np.testing.assert_allclose(table.probs.sum(axis=2), 1.0, atol=1e-5)
     assert (table.preds == table.probs.argmax(axis=2)).all()
-    x = torch.from_numpy(split.images).float() / 255
-    y = torch.from_numpy(split.labels)
+    x = torch.from_numpy(split.images).to(device).float() / 255
+    y = torch.from_numpy(split.labels).to(device)
     net = copy.deepcopy(model).eval()
     adv = sparse_fgsm(net, x, y, eps=EPS, ks=ks)
     with torch.no_grad():
         for level, k in enumerate(table.levels):
-            forward = net(x if k == 0 else adv[k]).softmax(1).numpy()
-            np.testing.assert_allclose(table.probs[:, level], forward, atol=1e-6)
+            forward = net(x if k == 0 else adv[k]).softmax(1).cpu().numpy()
+            np.testing.assert_allclose(table.probs[:, level], forward, atol=close(device))
     # per sample: a different batching gives the same table
-    again = sensitivity_table(model, data.Loader(split, 7), eps=EPS, ks=ks, mode="pixel")
-    np.testing.assert_allclose(again.probs, table.probs, atol=1e-6, rtol=0)
+    again = sensitivity_table(model, data.Loader(split, 7, device), eps=EPS, ks=ks, mode="pixel")
+    np.testing.assert_allclose(again.probs, table.probs, atol=close(device), rtol=0)
     assert (again.preds == table.preds).all()
     assert cost.forward == {"sensitivity_grad": 10, "sensitivity_forward": 30}
     assert cost.backward == {"sensitivity_grad": 10}
 
 
-def test_rows_must_come_in_ascending_sample_order(tmp_path):
-    loader = data.Loader(make_split(), 2, indices=np.array([0, 1, 5, 3, 4]))
+def test_rows_must_come_in_ascending_sample_order(tmp_path, device):
+    loader = data.Loader(make_split(), 2, device, indices=np.array([0, 1, 5, 3, 4]))
     settings = {"eps": EPS, "ks": [1], "mode": "pixel"}
     with pytest.raises(InputError, match=r"ascending.*unsorted index 3 at row 3 after 5"):
-        sensitivity_table(tiny_cnn(), loader, **settings)
+        sensitivity_table(tiny_cnn(device), loader, **settings)
     path = tmp_path / "sparse_fgsm.parquet"
-    blocks = sensitivity_blocks(tiny_cnn(), loader, **settings)
+    blocks = sensitivity_blocks(tiny_cnn(device), loader, **settings)
     with pytest.raises(InputError, match=r"sparse_fgsm\.parquet.*unsorted index 3 at row 3"):
         write_sensitivity(path, blocks, ks=[1], row_group_bytes=1)  # a row group per block
     assert list(tmp_path.iterdir()) == []
@@ -207,7 +217,7 @@ def test_flip_rates_count_samples_whose_prediction_changes(tmp_path):
     assert flip_rates(file_table) == {1: 0.5, 4: 0.5}
 
 
-def test_write_read_roundtrip_by_blocks(tmp_path):
+def test_write_read_roundtrip_by_blocks(tmp_path, device):
     table = random_table(50, 10, [1, 4, 16, 64])
     path = tmp_path / "sparse_fgsm.parquet"
     written = write_sensitivity(path, table.blocks(), ks=table.ks, row_group_bytes=12 * 5 * 10 * 4)
@@ -224,7 +234,7 @@ def test_write_read_roundtrip_by_blocks(tmp_path):
     for rows in (1, 7, 50, 1000):
         assert_same_table(read_sensitivity(path, block_rows=rows), table)
     # the job's path: the attack streamed to the file equals the table built in memory
-    model, loader = tiny_cnn(), data.Loader(make_split(), 3)
+    model, loader = tiny_cnn(device), data.Loader(make_split(), 3, device)
     settings = {"eps": EPS, "ks": [4, 1], "mode": "element"}
     in_memory = sensitivity_table(model, loader, **settings)
     streamed = write_sensitivity(path, sensitivity_blocks(model, loader, **settings), ks=[1, 4])
@@ -515,14 +525,15 @@ def test_scores_reject_a_table_missing_a_sample_or_with_other_labels():
             REGISTRY[name](ScoreInputs(index=table.index, labels=table.labels))
 
 
-def test_boundary_sample_scores_highest_and_is_kept_by_the_natural_end():
-    model = nn.Linear(3, 3, bias=False)
+def test_boundary_sample_scores_highest_and_is_kept_by_the_natural_end(device):
+    model = nn.Linear(3, 3, bias=False).to(device)
     with torch.no_grad():
         model.weight.copy_(10 * torch.eye(3))
     # row 0 sits on the boundary (equal logits); rows 1 and 2 are far inside their classes
     images = np.array([[0.5, 0.5, 0.5], [0.9, 0.1, 0.1], [0.1, 0.9, 0.1]], dtype=np.float32)
     split = data.Split(labels=np.array([0, 0, 1]), images=images)
-    table = sensitivity_table(model, data.Loader(split, 3), eps=0.05, ks=[1, 2, 3], mode="pixel")
+    loader = data.Loader(split, 3, device)
+    table = sensitivity_table(model, loader, eps=0.05, ks=[1, 2, 3], mode="pixel")
     inputs = ScoreInputs(index=np.arange(3), labels=split.labels, sensitivity=table)
     for name in ("isef", "fgsm_cs", "pss"):
         method = REGISTRY[name]
@@ -546,13 +557,13 @@ def test_boundary_sample_scores_highest_and_is_kept_by_the_natural_end():
         ({"mode": "pixels"}, r"'mode'.*'pixel', 'element'"),
     ],
 )
-def test_bad_attack_parameters(batch, params, key):
+def test_bad_attack_parameters(batch, device, params, key):
     x, y = batch
     settings = {"eps": EPS, "ks": [1, 4], "mode": "pixel", **params}
     with pytest.raises(InputError, match=key):
-        sparse_fgsm(tiny_cnn(), x, y, **settings)
+        sparse_fgsm(tiny_cnn(device), x, y, **settings)
     with pytest.raises(InputError, match=key):
-        sensitivity_table(tiny_cnn(), data.Loader(make_split(3), 4), **settings)
+        sensitivity_table(tiny_cnn(device), data.Loader(make_split(3), 4, device), **settings)
 
 
 @pytest.mark.parametrize(

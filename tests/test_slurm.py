@@ -22,10 +22,16 @@ from test_workflow import REPO, TINY
 
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("apt-get") is None,
-    reason="starting a Slurm cluster needs root and apt (CI has both)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("apt-get") is None,
+        reason="starting a Slurm cluster needs root and apt (CI has both)",
+    ),
+    pytest.mark.cpu_only(
+        "a local Slurm cluster with fake GPUs; its jobs choose their own device (config "
+        "`device`), not the test one, and are compared bitwise with a local CPU run"
+    ),
+]
 
 
 def _run(args, cwd, env, timeout=900):

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.cpu_only(
+    "the warm server forks a child per job (for local CPU runs: CUDA does not survive a fork); "
+    "its jobs never see the test device"
+)
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 DIGITS = json.dumps({"source": "digits", "seed": 0, "test_fraction": 0.25})
 

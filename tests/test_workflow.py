@@ -54,12 +54,21 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None):
     )
 
 
+# Tests that run workflow jobs: each job is a subprocess that picks its own device (config
+# `device`), not the test device, and the runs take minutes; dry runs and config checks run
+# no model and need no marker.
+WORKFLOW_RUN = pytest.mark.cpu_only(
+    "runs the workflow's jobs, which choose their own device (config `device`), not the test one"
+)
+
+
 def planned_jobs(result) -> dict[str, int]:
     """The dry-run's job table as {rule: count}."""
     table = result.stdout.split("Job stats:")[1].split("total")[0]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
+@WORKFLOW_RUN
 def test_end_to_end_then_nothing_to_do_then_only_the_changed_fraction(tmp_path):
     run = snakemake(tmp_path, config=TINY)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -99,6 +108,7 @@ def test_end_to_end_then_nothing_to_do_then_only_the_changed_fraction(tmp_path):
     }
 
 
+@WORKFLOW_RUN
 def test_every_method_yields_a_coreset_at_every_fraction(tmp_path):
     """All registered methods run through the workflow on digits (coresets only, no training)."""
     from robustcore.scores import REGISTRY
@@ -366,6 +376,7 @@ FIGURES = {
 }  # fmt: skip
 
 
+@WORKFLOW_RUN
 def test_every_table_and_figure_of_a_study_then_a_failed_run_renders_missing(tmp_path):
     """All report outputs on tiny studies; a diverged run fails, then renders as missing."""
     run = snakemake(tmp_path, "--keep-going", config=FIGURES)

@@ -115,7 +115,8 @@ def _autoattack_logging(sink: list[dict[str, Any]] | None) -> Iterator[None]:
 def _keep_global_state(device: torch.device) -> Iterator[None]:
     """Undo pyautoattack's side effects: it reseeds torch's global RNG and clears sys.settrace."""
     trace = sys.gettrace()
-    devices = [device.index or 0] if device.type == "cuda" else []
+    # torch.manual_seed reseeds every CUDA device, so every device's state is kept.
+    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
             yield

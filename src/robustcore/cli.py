@@ -38,26 +38,40 @@ def _write_log_csv(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    """Write a dataset's train/test arrays (or index tables) and meta.json."""
+    """Write a dataset's train/test arrays (index tables, or decoded shards) and meta.json."""
     from robustcore import data
 
     params = dict(args.params)
     source = params.pop("source")
     root = params.pop("root", None) or args.data_root
     download = params.pop("download", False)
-    meta = data.prepare(source, args.out, data_root=root, download=download, **params)
+    meta = data.prepare(
+        source, args.out, data_root=root, download=download, workers=args.workers, **params
+    )
     print(
         f"prepared {source}: {meta['n_train']} train / {meta['n_test']} test samples -> {args.out}"
     )
 
 
-def _setup(args: argparse.Namespace):
-    """Resolve the device and seed everything; return (device, CPU generator)."""
+def _setup(args: argparse.Namespace, *, distributed: bool = False):
+    """Resolve the device, join the process group torchrun/srun describe (where `distributed`),
+    seed everything; return (device, CPU generator, World)."""
+    from robustcore.distributed import World, init_from_env, launched_size
     from robustcore.runtime import resolve_device, seed_everything
 
     device = resolve_device(args.device)
-    generator = seed_everything(args.seed, args.threads)
-    return device, generator
+    if distributed:
+        world = init_from_env(str(device))
+        device = world.device
+    elif (size := launched_size()) > 1:
+        raise InputError(
+            f"{args.command} does not run under torch.distributed yet, but the environment "
+            f"describes {size} processes (WORLD_SIZE or SLURM_NTASKS); launch one"
+        )
+    else:
+        world = World(0, 1, 0, device)
+    generator = seed_everything(args.seed, args.threads)  # the same seed on every rank
+    return device, generator, world
 
 
 def _fresh_model(args: argparse.Namespace, device):
@@ -78,7 +92,7 @@ def cmd_proxy(args: argparse.Namespace) -> None:
     from robustcore.probe import run_probe, save_probe
     from robustcore.runtime import device_info
 
-    device, generator = _setup(args)
+    device, generator, _ = _setup(args)
     train, test = data.load(args.data)
     meta, spec, model = _fresh_model(args, device)
     size = meta.get("image_size")
@@ -262,16 +276,27 @@ def cmd_coreset(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """Train a model on a coreset under a regime."""
+    """Train a model on a coreset under a regime (one rank of several under torchrun/srun)."""
+    from robustcore.distributed import destroy
+    from robustcore.regimes import regime_of
+
+    regime_of(args.regime)  # an unknown regime fails before any data is read
+    device, generator, world = _setup(args, distributed=True)
+    try:
+        _train_run(args, device, generator, world)
+    finally:
+        destroy(world)
+
+
+def _train_run(args: argparse.Namespace, device, generator, world) -> None:
+    """cmd_train once the process group (if any) is up: every rank trains, rank 0 writes."""
     from robustcore import data, models
     from robustcore.checkpoint import clear as clear_checkpoints
+    from robustcore.distributed import is_main
     from robustcore.io import read_parquet, write_json
-    from robustcore.regimes import regime_of
     from robustcore.runtime import device_info
     from robustcore.train import fit
 
-    regime_of(args.regime)  # an unknown regime fails before any data is read
-    device, generator = _setup(args)
     train, _ = data.load(args.data)
     kept = read_parquet(args.coreset, ["index", "label"])["index"].to_numpy()
     if len(kept) == 0 or kept.min() < 0 or kept.max() >= len(train):
@@ -294,10 +319,14 @@ def cmd_train(args: argparse.Namespace) -> None:
             generator=generator,
             desc="train",
             checkpoint_dir=out / "checkpoint",
+            world=world,
         )
     except DivergedError:
-        clear_checkpoints(out / "checkpoint")  # a resumed run would diverge again
+        if is_main(world):
+            clear_checkpoints(out / "checkpoint")  # a resumed run would diverge again
         raise
+    if not is_main(world):
+        return  # every rank holds the same weights, log and summed cost: rank 0 writes them
     _write_log_csv(out / "log.csv", log)
     write_json(
         out / "cost.json",
@@ -379,9 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--workers", type=int, default=0, help="DataLoader workers for image-folder data"
         )
 
-    p = add("prepare", cmd_prepare, "write a dataset's arrays and meta.json")
+    p = add("prepare", cmd_prepare, "write a dataset's arrays (or decoded shards) and meta.json")
     p.add_argument("--params", type=_json_arg, required=True, help="dataset entry (JSON)")
     p.add_argument("--data-root", default="data")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes decoding an image folder (entry with decode:); default decode.workers",
+    )
     p.add_argument("--out", required=True)
 
     p = add("proxy", cmd_proxy, "train a proxy and record per-sample dynamics")

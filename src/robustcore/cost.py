@@ -8,7 +8,10 @@ from typing import Any
 
 @dataclass
 class Cost:
-    """Work counted by the loop that does it: sample-passes per purpose, wall time, device."""
+    """Work counted by the loop that does it: sample-passes per purpose, wall time, device.
+
+    In a run of several processes the counts are the sum over them (`world_size`).
+    """
 
     forward: dict[str, int] = field(default_factory=dict)
     backward: dict[str, int] = field(default_factory=dict)
@@ -16,6 +19,7 @@ class Cost:
     attack_steps: int = 0
     wall_seconds: float = 0.0
     device: str = "cpu"
+    world_size: int = 1  # processes that did the work (counts are their sum)
 
     def add(self, purpose: str, samples: int, backward: bool = True) -> None:
         """Count one forward (and backward) pass over `samples` samples for `purpose`."""
@@ -51,4 +55,5 @@ class Cost:
             "attack_steps": self.attack_steps,
             "wall_seconds": round(self.wall_seconds, 3),
             "device": self.device,
+            "world_size": self.world_size,
         }

@@ -16,7 +16,7 @@ from robustcore.cost import Cost
 from robustcore.data import Loader, Split
 from robustcore.io import DivergedError, InputError, write_parquet
 from robustcore.models import has_batch_coupling
-from robustcore.persample import DYNAMICS_COLUMNS, dynamics_rows, per_sample_stats
+from robustcore.persample import dynamics_rows, per_sample_stats, rows_to_numpy
 from robustcore.probe import last_linear
 from robustcore.train import fit
 
@@ -48,9 +48,9 @@ def capture_epoch(model: nn.Module, loader: Loader, head: HeadInputs) -> pd.Data
     return _frame(parts)
 
 
-def _frame(parts: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+def _frame(parts: list[dict[str, torch.Tensor]]) -> pd.DataFrame:
     """Concatenate batch columns into a frame sorted by sample index."""
-    frame = pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in DYNAMICS_COLUMNS})
+    frame = pd.DataFrame(rows_to_numpy(parts))
     return frame.sort_values("index", kind="stable").reset_index(drop=True)
 
 

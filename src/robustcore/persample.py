@@ -36,25 +36,32 @@ def dynamics_rows(
     losses: torch.Tensor,
     input_grad: torch.Tensor,
     features: torch.Tensor,
-) -> dict[str, np.ndarray]:
-    """One batch of dynamics-file rows (DYNAMICS_COLUMNS) as NumPy columns.
+) -> dict[str, torch.Tensor]:
+    """One batch of dynamics-file rows (DYNAMICS_COLUMNS) as tensors where they were computed.
 
     el2n = ‖softmax − onehot‖₂ (Paul et al.); grad_norm_last = the norm of the loss gradient
-    with respect to the classifier head (W, b), ‖p − y‖·‖[h, 1]‖ for head input h.
+    with respect to the classifier head (W, b), ‖p − y‖·‖[h, 1]‖ for head input h. Nothing is
+    read back to the host here (that would wait for the device every batch): `rows_to_numpy`
+    moves a whole epoch's batches at once.
     """
     residual = logits.float().softmax(1) - F.one_hot(y, logits.shape[1]).float()
     el2n = residual.norm(dim=1)
     feature_norm = (features.flatten(1).float().pow(2).sum(1) + 1).sqrt()
     return {
-        "index": index.cpu().numpy().astype(np.int64),
-        "label": y.cpu().numpy().astype(np.int64),
-        "loss": losses.float().cpu().numpy(),
-        "correct": (logits.argmax(1) == y).cpu().numpy(),
-        "margin": logit_margin(logits, y).float().cpu().numpy(),
-        "input_grad_norm": input_grad.flatten(1).norm(dim=1).float().cpu().numpy(),
-        "el2n": el2n.cpu().numpy(),
-        "grad_norm_last": (el2n * feature_norm).cpu().numpy(),
+        "index": index.to(torch.int64),
+        "label": y.to(torch.int64),
+        "loss": losses.float(),
+        "correct": logits.argmax(1) == y,
+        "margin": logit_margin(logits, y).float(),
+        "input_grad_norm": input_grad.flatten(1).norm(dim=1).float(),
+        "el2n": el2n,
+        "grad_norm_last": el2n * feature_norm,
     }
+
+
+def rows_to_numpy(parts: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """Concatenate batches of `dynamics_rows` and move each column to the host once."""
+    return {c: torch.cat([p[c] for p in parts]).cpu().numpy() for c in DYNAMICS_COLUMNS}
 
 
 def per_sample_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -92,7 +92,7 @@ def run_probe(model: nn.Module, loader: Loader) -> ProbeData:
                 if features is None:
                     features = np.empty((len(index), batch_features.shape[1]), np.float32)
                     logits = np.empty((len(index), batch_logits.shape[1]), np.float32)
-                rows = np.searchsorted(index, batch_index.numpy())
+                rows = np.searchsorted(index, batch_index.cpu().numpy())
                 features[rows], logits[rows] = batch_features, batch_logits
                 labels[rows] = y.cpu().numpy()
     finally:

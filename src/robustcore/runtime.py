@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import random
 import sys
@@ -43,9 +44,34 @@ def seed_everything(seed: int, threads: int | None = None) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def use_deterministic_kernels() -> None:
+    """Deterministic GPU kernels from here on: same inputs and seed give bitwise the same run.
+
+    cuBLAS needs its workspace setting before its first use in the process (a job's first
+    matmul comes after this call); ops without a deterministic kernel warn instead of failing.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def device_generator(seed: int, device: torch.device) -> torch.Generator:
     """A generator living on `device`, for random starts drawn where the tensors are."""
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without making the host wait: pinned and non-blocking on CUDA.
+
+    A blocking host-to-device copy synchronises the stream, so the host would idle until all
+    queued kernels finish; from pinned memory the copy is queued like a kernel instead.
+    """
+    if tensor.device == device or (device.type == "cpu" and tensor.device.type == "cpu"):
+        return tensor
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)  # e.g. back to the host: the host must wait to read it
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 @contextlib.contextmanager

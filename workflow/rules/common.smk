@@ -123,8 +123,43 @@ def torch_threads(wildcards, threads):
 
 
 def job_gpus(rule):
-    """GPUs a job of `rule` asks for (0 with device: cpu)."""
-    return int(jobcost.uses_gpu(config, rule))
+    """GPUs a job of `rule` asks for: one per rank (its entry's `gpus`), 0 with device: cpu."""
+    return lambda wildcards: jobcost.job_gpus(config, rule, dict(wildcards))
+
+
+# A job with `gpus: W` > 1 runs W processes, one per GPU (torch.distributed ranks): the Slurm
+# plugin's MPI mechanism (resource `mpi`) makes the job's shell run once in an allocation of W
+# tasks, and `srun` in the shell starts the W ranks. With W = 1 none of these resources is set.
+def multi_gpu(rule, value):
+    """A resource that only a multi-GPU job of `rule` has: value(W, wildcards), else None."""
+
+    def resource(wildcards):
+        world = jobcost.ranks(config, rule, dict(wildcards))
+        return value(world, wildcards) if world > 1 else None
+
+    return resource
+
+
+def job_tasks(rule):
+    """Slurm tasks of a multi-GPU job: one per rank."""
+    return multi_gpu(rule, lambda world, wildcards: world)
+
+
+def job_nodes(rule):
+    """Nodes a multi-GPU job spans."""
+    return multi_gpu(rule, lambda world, wc: jobcost.job_nodes(config, rule, dict(wc)))
+
+
+def launcher(rule):
+    """The shell prefix that starts a job's ranks: `srun` for a multi-GPU job, else nothing."""
+    return lambda wildcards: (
+        "srun " if jobcost.ranks(config, rule, dict(wildcards)) > 1 else ""
+    )
+
+
+def without_gpus(entry):
+    """An entry without its `gpus`: how many GPUs share a job is not a setting of its result."""
+    return {k: v for k, v in entry.items() if k != "gpus"}
 
 
 wildcard_constraints:
@@ -191,15 +226,58 @@ def parse_coreset(name):
 def proxy_training(proxy):
     """The training settings of a proxy: its regime, with the proxy's own overrides."""
     entry = config["proxies"][proxy]
-    training = dict(config["regimes"][entry["regime"]])
+    training = without_gpus(config["regimes"][entry["regime"]])
     if "epochs" in entry:
         training["epochs"] = entry["epochs"]
     training["capture"] = entry["capture"]
     return training
 
 
+# A dataset is prepared as arrays (train/test.npz), as an image folder's index tables
+# (train/test.parquet, images decoded by every job that reads them) or, with `decode`, as
+# shards decoded once (train/ and test/ folders). One prepare rule per kind (prepare.smk).
+DATA_FILES = {
+    "array": ("train.npz", "test.npz", "meta.json"),
+    "folder": ("train.parquet", "test.parquet", "meta.json"),
+    "shards": ("train", "test", "meta.json"),
+}
+
+
+def dataset_kind(dataset):
+    """array, folder or shards: how a datasets entry is prepared."""
+    entry = config["datasets"].get(dataset, {})
+    if "decode" in entry:
+        return "shards"
+    return "folder" if entry.get("source") == "imagefolder" else "array"
+
+
+def datasets_of_kind(kind):
+    """A wildcard constraint matching exactly the datasets of one kind (none: nothing)."""
+    names = [name for name in config["datasets"] if dataset_kind(name) == kind]
+    return "|".join(re.escape(name) for name in names) if names else "(?!)"
+
+
 def data_files(dataset):
-    return multiext(f"results/data/{dataset}/", "train.npz", "test.npz", "meta.json")
+    """A prepared dataset's files; for the "{dataset}" pattern, an input function giving them."""
+    if dataset == "{dataset}":
+        return lambda wildcards: data_files(wildcards.dataset)
+    return [
+        f"results/data/{dataset}/{name}" for name in DATA_FILES[dataset_kind(dataset)]
+    ]
+
+
+def prepare_params(wildcards):
+    """The dataset entry a prepare job gets (decode.workers is its CPU count, not a setting
+    of the data, so changing it reruns nothing)."""
+    entry = dict(config["datasets"][wildcards.dataset])
+    if "decode" in entry:
+        entry["decode"] = {k: v for k, v in entry["decode"].items() if k != "workers"}
+    return as_json(entry)
+
+
+def decode_threads(wildcards):
+    """CPUs (decoding processes) of a dataset's one-off decode: its decode.workers."""
+    return jobcost.threads(config, "prepare_shards", dict(wildcards))
 
 
 def study_arms(study):

@@ -17,15 +17,20 @@ rule evaluate_model:
         runtime=job_runtime("evaluate_model"),
         mem_mb=job_mem_mb("evaluate_model"),
         gpu=job_gpus("evaluate_model"),
+        tasks=job_tasks("evaluate_model"),
+        tasks_per_gpu=multi_gpu("evaluate_model", lambda world, wildcards: 1),
+        nodes=job_nodes("evaluate_model"),
+        mpi=multi_gpu("evaluate_model", lambda world, wildcards: "srun"),
     params:
         code=code_version("evaluate"),
-        attack=lambda wc: as_json(config["attacks"][wc.attack]),
+        launch=launcher("evaluate_model"),
+        attack=lambda wc: as_json(without_gpus(config["attacks"][wc.attack])),
         tags=eval_tags,
         device=config["device"],
         workers=config["workers"],
         torch_threads=torch_threads,
     shell:
-        "python -m robustcore evaluate --model {input.model} --data results/data/{wildcards.dataset} "
+        "{params.launch}python -m robustcore evaluate --model {input.model} --data results/data/{wildcards.dataset} "
         "--attack {params.attack:q} --tags {params.tags:q} --cost {input.cost} --seed {wildcards.seed} "
         "--device {params.device:q} --threads {params.torch_threads} --workers {params.workers} "
         "--out {output.summary} > {log} 2>&1"

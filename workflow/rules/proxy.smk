@@ -19,15 +19,20 @@ rule train_proxy:
         runtime=job_runtime("train_proxy"),
         mem_mb=job_mem_mb("train_proxy"),
         gpu=job_gpus("train_proxy"),
+        tasks=job_tasks("train_proxy"),
+        tasks_per_gpu=multi_gpu("train_proxy", lambda world, wildcards: 1),
+        nodes=job_nodes("train_proxy"),
+        mpi=multi_gpu("train_proxy", lambda world, wildcards: "srun"),
     params:
         code=code_version("proxy"),
+        launch=launcher("train_proxy"),
         model=lambda wc: as_json(config["models"][config["proxies"][wc.proxy]["model"]]),
         training=lambda wc: as_json(proxy_training(wc.proxy)),
         device=config["device"],
         workers=config["workers"],
         torch_threads=torch_threads,
     shell:
-        "python -m robustcore proxy --data results/data/{wildcards.dataset} --model {params.model:q} "
+        "{params.launch}python -m robustcore proxy --data results/data/{wildcards.dataset} --model {params.model:q} "
         "--training {params.training:q} --seed {wildcards.seed} --device {params.device:q} "
         "--threads {params.torch_threads} --workers {params.workers} --out results/proxy/{wildcards.dataset}/{wildcards.proxy}/seed{wildcards.seed} "
         "> {log} 2>&1"

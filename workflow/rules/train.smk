@@ -18,15 +18,20 @@ rule train_model:
         runtime=job_runtime("train_model"),
         mem_mb=job_mem_mb("train_model"),
         gpu=job_gpus("train_model"),
+        tasks=job_tasks("train_model"),
+        tasks_per_gpu=multi_gpu("train_model", lambda world, wildcards: 1),
+        nodes=job_nodes("train_model"),
+        mpi=multi_gpu("train_model", lambda world, wildcards: "srun"),
     params:
         code=code_version("train"),
+        launch=launcher("train_model"),
         model=lambda wc: as_json(config["models"][wc.model]),
-        regime=lambda wc: as_json(config["regimes"][wc.regime]),
+        regime=lambda wc: as_json(without_gpus(config["regimes"][wc.regime])),
         device=config["device"],
         workers=config["workers"],
         torch_threads=torch_threads,
     shell:
-        "python -m robustcore train --data results/data/{wildcards.dataset} --coreset {input.coreset} "
+        "{params.launch}python -m robustcore train --data results/data/{wildcards.dataset} --coreset {input.coreset} "
         "--model {params.model:q} --regime {params.regime:q} --seed {wildcards.seed} "
         "--device {params.device:q} --threads {params.torch_threads} --workers {params.workers} "
         "--out results/runs/{wildcards.dataset}/{wildcards.model}/{wildcards.regime}/{wildcards.coreset}/seed{wildcards.seed} "

@@ -104,6 +104,12 @@ def expand_study_scores():
 
 def check_config():
     """Cross-references between config sections, and data roots, checked before any job."""
+    for name, dataset in config["datasets"].items():
+        if "decode" in dataset and dataset["source"] != "imagefolder":
+            raise ValueError(
+                f"config error: datasets.{name}.decode applies to source imagefolder only, "
+                f"not {dataset['source']!r}; remove it"
+            )
     for name, entry in config.get("scores", {}).items():
         if entry["method"] == "fgsm_cs" and abs(sum(entry["weights"]) - 1) > 1e-9:
             raise ValueError(

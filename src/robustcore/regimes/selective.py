@@ -24,6 +24,7 @@ from robustcore.regimes.base import (
 )
 from robustcore.regimes.crafting import RunningStatsKept, pgd_attack
 from robustcore.regimes.grad_similarity import gradmatch_similarity
+from robustcore.runtime import to_device
 
 CRITERIA = ("margin", "gradmatch", "random")
 SAMPLINGS = ("multinomial", "topk")
@@ -101,7 +102,12 @@ def select_subset(
     ctx: StepContext,
     params: dict | None = None,
 ) -> torch.Tensor:
-    """Indices (on x's device) of the m samples the criterion picks, drawn from ctx.generator."""
+    """Indices (on x's device) of the m samples the criterion picks, drawn from ctx.generator.
+
+    The draw is on the CPU (reproducible on any device): margin and gradmatch read their
+    criterion from the device once (the one synchronisation of the step); the chosen rows go
+    back without one.
+    """
     n = len(y)
     if criterion == "random":
         chosen = torch.randperm(n, generator=ctx.generator)[:m]
@@ -121,7 +127,7 @@ def select_subset(
         )
     else:
         raise InputError(f"selective criterion {criterion!r} unknown; expected one of {CRITERIA}")
-    return chosen.to(x.device)
+    return to_device(chosen, x.device)
 
 
 def gradmatch_choice(
@@ -132,7 +138,11 @@ def gradmatch_choice(
     sampling: str = "multinomial",
     threshold: float = 0.0,
 ) -> torch.Tensor:
-    """m sample positions from gradient/batch-gradient cosines: a weighted draw, or the top m."""
+    """m sample positions from gradient/batch-gradient cosines: a weighted draw, or the top m.
+
+    The draw's positions are on the CPU (drawn there from `generator`); the top m stay on the
+    similarity's device.
+    """
     if sampling == "topk":
         return similarity.topk(m).indices
     weights = (similarity.double().cpu() - threshold).clamp_min(0.0)

@@ -164,7 +164,8 @@ class CodePaths:
 
 def _capped(entry: dict[str, Any], sizes: Sizes, epochs: int) -> dict[str, Any]:
     """A regime entry shortened to `epochs` (and, at tiny sizes, few attack steps, small batch)."""
-    entry = {**entry, "epochs": epochs}
+    # One process here: `gpus` (ranks of a cluster job) is the workflow's, not the run's.
+    entry = {**{k: v for k, v in entry.items() if k != "gpus"}, "epochs": epochs}
     if sizes.batch is not None:
         entry["batch_size"] = sizes.batch
     if sizes.max_steps is not None and "steps" in entry:

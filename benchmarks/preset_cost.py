@@ -24,7 +24,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from robustcore.jobcost import job_flops, job_seconds  # noqa: E402
+from robustcore.jobcost import job_flops, job_seconds, ranks  # noqa: E402
 
 
 def planned_jobs(configfile: Path) -> list[tuple[str, dict[str, str]]]:
@@ -65,7 +65,9 @@ def main() -> None:
     for rule, wildcards in planned_jobs(args.configfile.resolve()):
         jobs[rule] += 1
         startup = args.startup if job_flops(config, rule, wildcards) > 0 else 0.0
-        hours[rule] += (job_seconds(config, rule, wildcards) + startup) / 3600
+        # A job on W GPUs holds all W for its wall time (its work / (W × efficiency)).
+        gpus = ranks(config, rule, wildcards)
+        hours[rule] += gpus * (job_seconds(config, rule, wildcards) + startup) / 3600
     measured = ", ".join(f"{a} {v:g}" for a, v in resources["arch_tflops"].items())
     print(
         f"{args.configfile}: {sum(jobs.values())} jobs, ~{sum(hours.values()):,.1f} GPU-hours "

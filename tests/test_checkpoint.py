@@ -15,15 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_split, meta_for
+from helpers import make_split, meta_for, prepared_digits
 
 from robustcore import checkpoint, models
 from robustcore.dynamics import train_proxy
-from robustcore.io import write_parquet
 from robustcore.runtime import seed_everything
 from robustcore.train import fit
 
@@ -35,16 +33,7 @@ MODEL = {"arch": "mlp", "kwargs": {"hidden": [64]}}
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """Prepared digits and a coreset of all its training samples."""
-    root = tmp_path_factory.mktemp("data")
-    subprocess.run(
-        [sys.executable, "-m", "robustcore", "prepare", "--params", '{"source": "digits"}',
-         "--out", str(root / "digits")],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    write_parquet(
-        root / "all.parquet", pd.DataFrame({"index": np.arange(1347), "label": np.zeros(1347)})
-    )
-    return root
+    return prepared_digits(tmp_path_factory.mktemp("data"), "all", 1347)
 
 
 def _deterministic(device: torch.device) -> dict:

@@ -24,11 +24,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from helpers import make_split, meta_for
+from helpers import make_split, meta_for, prepared_digits
 
 from robustcore import checkpoint, data, distributed, models
 from robustcore.distributed import World, expand_nodelist, init_from_env, shard_batch
-from robustcore.io import InputError, write_parquet
+from robustcore.io import InputError
 from robustcore.runtime import seed_everything
 from robustcore.train import fit
 
@@ -330,16 +330,7 @@ def test_regimes_that_choose_within_a_batch_are_refused():
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """Prepared digits and a coreset of its first 300 training samples."""
-    root = tmp_path_factory.mktemp("data")
-    subprocess.run(
-        [sys.executable, "-m", "robustcore", "prepare", "--params", '{"source": "digits"}',
-         "--out", str(root / "digits")],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    write_parquet(
-        root / "some.parquet", pd.DataFrame({"index": np.arange(300), "label": np.zeros(300)})
-    )
-    return root
+    return prepared_digits(tmp_path_factory.mktemp("data"), "some", 300)
 
 
 def _cli_train(digits: Path, out: Path, processes: int) -> subprocess.CompletedProcess:

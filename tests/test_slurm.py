@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from test_workflow import REPO, TINY
 
@@ -204,3 +205,68 @@ def test_tiny_workflow_through_slurm_equals_a_local_run_with_the_computed_alloca
     assert len({value for values in per_rule.values() for value in values}) >= len(GPU_RULES)
     assert {a["cpu"] for a in allocated.values()} == {1, 2}
     assert all(a["gpu"] == 1 for a in allocated.values())
+
+
+# Training on two GPUs: each train_model job is one Slurm job of two tasks (one per fake GPU, one
+# CPU each on this 2-CPU node), whose `srun` starts two torch.distributed ranks (gloo on the CPU).
+TWO_RANKS = {
+    **TINY,
+    "threads": 1,
+    "workers": 0,
+    "regimes": {"quick": {**TINY["regimes"]["quick"], "gpus": 2}},
+    "job_resources": {"startup_minutes": 1, "mem_mb": {"default": 300}},
+}
+
+
+def test_a_two_gpu_training_job_runs_two_ranks_with_their_allocation(cluster, tmp_path):
+    on_slurm = tmp_path / "slurm"
+    on_slurm.mkdir()
+    (on_slurm / "config.yaml").write_text(yaml.safe_dump(TWO_RANKS))
+    profile = _test_profile(tmp_path / "profile")
+    snakemake = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+    plan = _run([*snakemake, "--profile", str(profile), "-n"], on_slurm, cluster)
+    assert plan.returncode == 0, (plan.stdout + plan.stderr)[-3000:]
+    blocks = re.split(r"\n(?=\[[^\n]*\]\n(?:local)?rule )", plan.stdout)
+    for block in blocks:
+        resources = re.search(r"resources: (.*)", block)
+        if "rule train_model:" in block:
+            assert {"gpu=2", "tasks=2", "tasks_per_gpu=1", "nodes=1", "mpi=srun"} <= set(
+                resources.group(1).split(", ")
+            ), block
+        elif resources is not None:  # one process: none of the multi-task resources
+            assert "tasks=" not in resources.group(1) and "mpi=" not in resources.group(1)
+    run = _run([*snakemake, "--profile", str(profile)], on_slurm, cluster)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    sacct = _run(
+        ["sacct", "-n", "-P", "-a", "-S", "now-1hour", "-o",
+         "JobIDRaw,JobName,Comment%200,State,AllocTRES%120,NTasks"],
+        tmp_path, cluster, timeout=60,
+    )  # fmt: skip
+    assert sacct.returncode == 0, sacct.stderr
+    print("sacct listing:\n" + sacct.stdout)
+    lines = [line.split("|") for line in sacct.stdout.strip().splitlines()]
+    jobs = {f[0]: f for f in lines if "." not in f[0] and f[2].startswith("rule_train_model_")}
+    assert len(jobs) == 2, sacct.stdout  # the study's two coresets
+    for job_id, fields in jobs.items():
+        tres = dict(kv.split("=", 1) for kv in fields[4].split(","))
+        assert fields[3] == "COMPLETED" and tres["cpu"] == "2" and tres["gres/gpu"] == "2", fields
+        # The job's srun step started two tasks: the two ranks.
+        steps = [f for f in lines if f[0].startswith(f"{job_id}.") and f[5] == "2"]
+        assert steps, f"no 2-task step of job {job_id}: {sacct.stdout}"
+    costs = sorted((on_slurm / "results/runs").rglob("cost.json"))
+    assert len(costs) == 2
+    for path in costs:
+        cost = yaml.safe_load(path.read_text())
+        assert cost["world_size"] == 2, path
+
+    # The same study in one process, locally: the same weights up to float summation order.
+    local = tmp_path / "local"
+    local.mkdir()
+    one = {**TWO_RANKS, "regimes": {"quick": TINY["regimes"]["quick"]}}
+    (local / "config.yaml").write_text(yaml.safe_dump(one))
+    done = _run([*snakemake, "--cores", "2"], local, cluster)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    for path in sorted((local / "results/runs").rglob("model.pt")):
+        twin = torch.load(on_slurm / path.relative_to(local), weights_only=True)
+        for name, tensor in torch.load(path, weights_only=True).items():
+            assert torch.allclose(twin[name], tensor, atol=1e-5), (path, name)

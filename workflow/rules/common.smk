@@ -129,7 +129,8 @@ def job_gpus(rule):
 
 # A job with `gpus: W` > 1 runs W processes, one per GPU (torch.distributed ranks): the Slurm
 # plugin's MPI mechanism (resource `mpi`) makes the job's shell run once in an allocation of W
-# tasks, and `srun` in the shell starts the W ranks. With W = 1 none of these resources is set.
+# tasks, and `srun` in the shell (params.launch) starts the W ranks. With W = 1 none of these
+# resources is set and the shell has no prefix.
 def multi_gpu(rule, value):
     """A resource that only a multi-GPU job of `rule` has: value(W, wildcards), else None."""
 
@@ -151,10 +152,23 @@ def job_nodes(rule):
 
 
 def launcher(rule):
-    """The shell prefix that starts a job's ranks: `srun` for a multi-GPU job, else nothing."""
-    return lambda wildcards: (
-        "srun " if jobcost.ranks(config, rule, dict(wildcards)) > 1 else ""
-    )
+    """The shell prefix that starts a multi-GPU job's ranks (else nothing): srun with the task
+    geometry spelled out, since the plugin clears the allocation's SLURM_* defaults before the
+    job's shell runs; one GPU and `threads` CPUs per task; a rank that fails ends the others.
+    """
+
+    def prefix(wildcards, threads):
+        world = jobcost.ranks(config, rule, dict(wildcards))
+        if world == 1:
+            return ""
+        per_node = min(world, config["job_resources"]["gpus_per_node"])
+        gpus = " --gpus-per-task=1" if jobcost.uses_gpu(config, rule) else ""
+        return (
+            f"srun --ntasks={world} --ntasks-per-node={per_node} --cpus-per-task={threads}"
+            f"{gpus} --kill-on-bad-exit=1 "
+        )
+
+    return prefix
 
 
 def without_gpus(entry):

@@ -68,9 +68,9 @@ class _SignallingLoader(data.Loader):
     at: tuple[int, int] = (0, 0)
     epochs_started = 0
 
-    def epoch(self, shuffle=False, generator=None):
+    def epoch(self, shuffle=False, generator=None, shard=None):
         self.epochs_started += 1
-        for step, batch in enumerate(super().epoch(shuffle, generator)):
+        for step, batch in enumerate(super().epoch(shuffle, generator, shard)):
             if (self.epochs_started, step) == self.at:
                 os.kill(os.getpid(), signal.SIGUSR1)  # Slurm's warning, mid-epoch
             yield batch

@@ -159,6 +159,36 @@ def test_loader_streams_the_same_batches_as_the_in_memory_split(
         next(held.host_batches())
 
 
+@pytest.mark.parametrize("kind", ["shards", "folder", "arrays"])
+def test_a_ranks_shard_of_each_batch_is_its_rows_of_the_global_batch(
+    decoded: Path, device: torch.device, kind: str
+) -> None:
+    """Loader.epoch(shard=(r, W)) yields rows r, r + W, ... of every global batch (none of a
+    short last batch when it has fewer rows than W), for every kind of split."""
+    train, _ = data.load(decoded / ("folder" if kind == "folder" else "shards"))
+    if kind == "arrays":
+        train = data.Split(labels=train.labels, images=np.asarray(train.images))
+    loader = data.Loader(train, 5, device, image_size=12 if kind == "folder" else None)
+    world = 3
+    for shuffle in (False, True):
+        whole = list(loader.epoch(shuffle=shuffle, generator=torch.Generator().manual_seed(3)))
+        shards = [
+            list(loader.epoch(shuffle, torch.Generator().manual_seed(3), shard=(rank, world)))
+            for rank in range(world)
+        ]
+        assert len(whole) == 3 and whole[-1][0].numel() == 4  # 14 rows: 5, 5, 4
+        for b, (index, x, y) in enumerate(whole):
+            for rank in range(world):
+                i_r, x_r, y_r = shards[rank][b]
+                assert torch.equal(i_r, index[rank::world]) and torch.equal(y_r, y[rank::world])
+                assert torch.equal(x_r, x[rank::world]) and x_r.device == x.device
+    short = list(data.Loader(train, 5, device, indices=np.arange(6),
+                             image_size=12 if kind == "folder" else None)
+                 .epoch(shard=(2, 3)))  # fmt: skip
+    assert [len(index) for index, _, _ in short] == [1, 0]  # batch 2 has one row: rank 0's
+    assert short[1][1].shape[0] == 0 and short[1][1].dtype == torch.float32
+
+
 def test_a_corrupt_image_is_named_and_nothing_is_left(tmp_path: Path) -> None:
     _tree(tmp_path / "tree")
     good = tmp_path / "tree" / "train" / "dog" / "00.JPEG"

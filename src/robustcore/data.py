@@ -881,31 +881,40 @@ class Loader:
         return -(-len(self) // self.batch_size)
 
     def epoch(
-        self, shuffle: bool = False, generator: torch.Generator | None = None
+        self,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """Yield one pass; with shuffle, the order is torch.randperm(n, generator) on the CPU."""
+        """Yield one pass; with shuffle, the order is torch.randperm(n, generator) on the CPU.
+
+        With `shard` = (rank, world_size), each batch is that rank's rows rank::world_size of the
+        global batch the unsharded pass yields (possibly none, in a short last batch): a rank
+        reads only its own rows, and the ranks' batches together are the global ones.
+        """
         n = len(self)
         perm = torch.randperm(n, generator=generator) if shuffle else None
-        if self._folder:
-            for index, x, y in self._folder_batches(perm):
-                x = x.to(self.device, non_blocking=True).to(torch.float32) / 255.0
-                yield index, x, y.to(self.device, non_blocking=True)
-            return
-        if self._stream:
-            for index, x, y in self._shard_batches(perm):
+        if self._folder or self._stream:
+            batches = self._folder_batches if self._folder else self._shard_batches
+            for index, x, y in batches(perm, shard):
                 x = x.to(self.device, non_blocking=True)
                 yield index, self._to_float(x), y.to(self.device, non_blocking=True)
             return
         perm_dev = perm.to(self.device) if perm is not None else None
+        rank, world = shard or (0, 1)
         for start in range(0, n, self.batch_size):
             stop = min(start + self.batch_size, n)
-            if perm is None:
+            if perm is None and world == 1:
                 # copies, not views: a caller editing a batch in place must not edit the store
                 index, x = self._index[start:stop].clone(), self._x[start:stop]
                 y = self._y[start:stop].clone()
+            elif perm is None:
+                rows = slice(start + rank, stop, world)
+                index, x, y = self._index[rows].clone(), self._x[rows], self._y[rows].clone()
             else:
-                rows = perm_dev[start:stop]
-                index, x, y = self._index[perm[start:stop]], self._x[rows], self._y[rows]
+                rows = perm_dev[start:stop][rank::world]
+                host_rows = perm[start:stop][rank::world]
+                index, x, y = self._index[host_rows], self._x[rows], self._y[rows]
             yield index, self._to_float(x), y
 
     def host_batches(
@@ -918,6 +927,23 @@ class Loader:
             raise ValueError("host_batches: the split is held on the device; use epoch()")
         perm = torch.randperm(len(self), generator=generator) if shuffle else None
         yield from (self._folder_batches(perm) if self._folder else self._shard_batches(perm))
+
+    def _batch_rows(self, perm: Tensor | None, shard: tuple[int, int] | None) -> list[np.ndarray]:
+        """The split rows of each batch of the epoch (a rank's share of each with `shard`)."""
+        order = self._order(perm)
+        rank, world = shard or (0, 1)
+        return [
+            order[start : start + self.batch_size][rank::world]
+            for start in range(0, len(order), self.batch_size)
+        ]
+
+    def _empty_batch(self) -> tuple[Tensor, Tensor, Tensor]:
+        """A batch of no rows (a rank's share of a short last batch)."""
+        shape = (0, 3, self.image_size, self.image_size) if self._folder else (
+            0, *self.split.images.row_shape
+        )  # fmt: skip
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, torch.empty(shape, dtype=torch.uint8), empty.clone()
 
     def _to_float(self, x: Tensor) -> Tensor:
         """uint8 → float32 in [0, 1] (resized if image_size asks); float data as is."""
@@ -935,24 +961,31 @@ class Loader:
         """The epoch's rows of the split, in batch order."""
         return self.indices if perm is None else self.indices[perm.numpy()]
 
-    def _folder_batches(self, perm: Tensor | None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def _folder_batches(
+        self, perm: Tensor | None, shard: tuple[int, int] | None = None
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Decode a folder split in the given order through a DataLoader (CPU uint8 batches)."""
         dataset = _FolderImages(self.split.paths, self.split.labels, self.image_size)
+        batches = self._batch_rows(perm, shard)
         loader = torch.utils.data.DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            sampler=self._order(perm).tolist(),
+            batch_sampler=[rows.tolist() for rows in batches if len(rows)],
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        for index, x, y in loader:
+        decoded = iter(loader)
+        for rows in batches:
+            if not len(rows):
+                yield self._empty_batch()
+                continue
+            index, x, y = next(decoded)
             yield index.to(torch.int64), x, y
 
-    def _shard_batches(self, perm: Tensor | None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def _shard_batches(
+        self, perm: Tensor | None, shard: tuple[int, int] | None = None
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Gather a sharded split's batches in background threads, a few batches ahead."""
-        order = self._order(perm)
-        starts = range(0, len(order), self.batch_size)
-        batches = iter([order[start : start + self.batch_size] for start in starts])
+        batches = iter(self._batch_rows(perm, shard))
         threads = max(1, self.num_workers)
         pending: deque[Future] = deque()
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shards") as pool:
@@ -973,6 +1006,8 @@ class Loader:
 
     def _gather(self, rows: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
         """One batch's rows from the memory maps, into pinned memory when feeding a GPU."""
+        if not len(rows):
+            return self._empty_batch()
         images = self.split.images
         pin = self.device.type == "cuda"
         x = torch.empty((len(rows), *images.row_shape), dtype=torch.uint8, pin_memory=pin)

@@ -30,7 +30,6 @@ from robustcore.distributed import (
     broadcast_state,
     is_distributed,
     is_main,
-    shard_batch,
     state_digest,
 )
 from robustcore.io import DivergedError, InputError
@@ -430,11 +429,16 @@ def _train_epoch(
         loader, weights = plan
     world = run.world
     distributed = is_distributed(world)
-    for index, x, y in loader.epoch(shuffle=True, generator=generator):
-        total = len(y)  # the global batch's size; this rank's rows are len(y)
+    # Under W ranks the loader reads only this rank's rows of each global batch (shard_batch's
+    # rows: rank, rank + W, ...); the batch sizes below are the global ones.
+    shard = (world.rank, world.world_size) if distributed else None
+    size, n = loader.batch_size, len(loader)
+    totals = [min(size, n - start) for start in range(0, n, size)]
+    for total, (index, x, y) in zip(
+        totals, loader.epoch(shuffle=True, generator=generator, shard=shard), strict=True
+    ):
         crop, flip = augment_spec.get("crop_padding", 0), augment_spec.get("flip", False)
         if distributed:
-            index, x, y = shard_batch(index, x, y, world)
             x = augment_shard(x, total, crop, flip, generator, world)
         else:
             x = augment(x, crop, flip, generator)

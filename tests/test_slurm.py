@@ -245,8 +245,11 @@ def test_a_two_gpu_training_job_runs_two_ranks_with_their_allocation(cluster, tm
     assert sacct.returncode == 0, sacct.stderr
     print("sacct listing:\n" + sacct.stdout)
     lines = [line.split("|") for line in sacct.stdout.strip().splitlines()]
-    jobs = {f[0]: f for f in lines if "." not in f[0] and f[2].startswith("rule_train_model_")}
-    assert len(jobs) == 2, sacct.stdout  # the study's two coresets
+    # This run's two training jobs (the study's two coresets): the newest of that name, since an
+    # earlier test in this cluster may have run jobs with the same comments.
+    named = [f for f in lines if "." not in f[0] and f[2].startswith("rule_train_model_")]
+    jobs = {f[0]: f for f in sorted(named, key=lambda f: int(f[0]))[-2:]}
+    assert len(jobs) == 2, sacct.stdout
     for job_id, fields in jobs.items():
         tres = dict(kv.split("=", 1) for kv in fields[4].split(","))
         assert fields[3] == "COMPLETED" and tres["cpu"] == "2" and tres["gres/gpu"] == "2", fields

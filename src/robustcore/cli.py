@@ -84,15 +84,27 @@ def _fresh_model(args: argparse.Namespace, device):
 
 
 def cmd_proxy(args: argparse.Namespace) -> None:
-    """Train a proxy on the full training set and record per-sample dynamics every epoch."""
+    """Train a proxy on the full training set and record per-sample dynamics every epoch
+    (one rank of several under torchrun/srun)."""
+    from robustcore.distributed import destroy
+
+    device, generator, world = _setup(args, distributed=True)
+    try:
+        _proxy_run(args, device, generator, world)
+    finally:
+        destroy(world)
+
+
+def _proxy_run(args: argparse.Namespace, device, generator, world) -> None:
+    """cmd_proxy once the process group (if any) is up: every rank computes, rank 0 writes."""
     from robustcore import data, models
     from robustcore.checkpoint import clear as clear_checkpoints
+    from robustcore.distributed import barrier, is_main
     from robustcore.dynamics import train_proxy
     from robustcore.io import write_json
     from robustcore.probe import run_probe, save_probe
     from robustcore.runtime import device_info
 
-    device, generator, _ = _setup(args)
     train, test = data.load(args.data)
     meta, spec, model = _fresh_model(args, device)
     size = meta.get("image_size")
@@ -106,43 +118,102 @@ def cmd_proxy(args: argparse.Namespace) -> None:
         image_size=size,
         test=test,
         workers=args.workers,
+        world=world,
     )
     out = Path(args.out)
     # The shared probe pass: penultimate features and logits of the final proxy.
     probe_loader = data.Loader(
         train, 4 * args.training["batch_size"], device, image_size=size, num_workers=args.workers
     )
-    save_probe(out / "probe.npz", run_probe(model, probe_loader))
-    cost.add("probe", len(train), backward=False)
-    _write_log_csv(out / "log.csv", log)
-    write_json(out / "cost.json", {**cost.as_dict(), "seed": args.seed, "training": args.training})
-    models.save(model, {**spec, "trained_on": device_info(device, args.training)}, out)
-    clear_checkpoints(out / "checkpoint")
-    print(f"proxy trained: final train acc {log[-1]['train_acc']:.4f} -> {out}")
+    probe = run_probe(model, probe_loader, world)  # rank 0's: every rank's rows; others: None
+    if is_main(world):
+        save_probe(out / "probe.npz", probe)
+        cost.add("probe", len(train), backward=False)  # the whole pass (cost: summed by fit)
+        _write_log_csv(out / "log.csv", log)
+        write_json(
+            out / "cost.json", {**cost.as_dict(), "seed": args.seed, "training": args.training}
+        )
+        models.save(model, {**spec, "trained_on": device_info(device, args.training)}, out)
+        clear_checkpoints(out / "checkpoint")
+        print(f"proxy trained: final train acc {log[-1]['train_acc']:.4f} -> {out}")
+    barrier(world)  # the other ranks wait until rank 0 has written
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    """Compute a per-sample score (or a greedy pick order) from a trained proxy."""
-    import resource
+    """Compute a per-sample score (or a greedy pick order) from a trained proxy.
 
-    from robustcore.io import write_json, write_parquet
+    Under a multi-process launch (torchrun/srun), a method that scores each sample from the
+    model alone, batch by batch (deepfool), is sharded: every rank scores its whole batches,
+    rank 0 gathers the rows in index order and writes. Every other method reads the probe,
+    dynamics or sensitivity table with NumPy: rank 0 computes it alone (no process group) and
+    the other ranks return at once.
+    """
+    from robustcore.distributed import World, destroy, launched_rank, launched_size
     from robustcore.runtime import resolve_device, seed_everything
-    from robustcore.scores import REGISTRY, load_inputs
+    from robustcore.scores import REGISTRY
 
     params = dict(args.params)
     name = params.pop("method")
     if name not in REGISTRY:
         raise InputError(f"score method {name!r} unknown; expected one of {sorted(REGISTRY)}")
     method = REGISTRY[name]
-    device = resolve_device(args.device)
-    seed_everything(args.seed, args.threads)
-    inputs = load_inputs(method, args.proxy, args.data, device)
+    shardable = method.needs == ("model",) and method.kind == "score"
+    shardable = shardable and "batch_size" in method.defaults  # scored batch by batch
+    if shardable:
+        device, _, world = _setup(args, distributed=True)
+    else:
+        if (size := launched_size()) > 1 and (rank := launched_rank()) != 0:
+            print(f"score {name}: runs on rank 0 alone; rank {rank} of {size} has nothing to do")
+            return
+        device = resolve_device(args.device)
+        seed_everything(args.seed, args.threads)
+        world = World(0, 1, 0, device)  # no process group, also on rank 0 of a launch
+    try:
+        _score_run(args, method, name, params, device, world)
+    finally:
+        destroy(world)
+
+
+def _score_run(args: argparse.Namespace, method, name: str, params: dict, device, world) -> None:
+    """cmd_score on this rank: the method over this rank's samples; rank 0 writes."""
+    import resource
+
+    import numpy as np
+    import pandas as pd
+
+    from robustcore.distributed import (
+        barrier,
+        batch_shard,
+        gather_in_order,
+        is_distributed,
+        is_main,
+    )
+    from robustcore.io import read_npz, write_json, write_parquet
+    from robustcore.scores import ScoreInputs, load_inputs
+    from robustcore.scores.base import check_frame, int_param
+
+    rows = None
+    if is_distributed(world):  # whole batches of the method's batch_size, as in one process
+        batch = int_param(name, "batch_size", {**method.defaults, **params}["batch_size"], 1)
+        labels = read_npz(Path(args.data) / "train.npz", ["labels"])["labels"]
+        rows = batch_shard(len(labels), batch, world)
+    inputs = load_inputs(method, args.proxy, args.data, device, rows)
     rss_before = _reset_peak_rss_mib()
     started = time.perf_counter()
-    frame = method(inputs, seed=args.seed, **params)
+    frame = None  # a rank may hold no batch (fewer batches than ranks): it scores nothing
+    if len(inputs.index) or not is_distributed(world):
+        frame = method(inputs, seed=args.seed, **params)
+    if is_distributed(world):  # rank 0: every rank's rows, one row per sample in index order
+        parts = [part for part in gather_in_order([frame], world) if part is not None]
+        if is_main(world):
+            whole = ScoreInputs(index=np.arange(len(labels), dtype=np.int64), labels=labels)
+            frame = check_frame(name, pd.concat(parts, ignore_index=True), whole)
     seconds = time.perf_counter() - started
     method_peak = _proc_status_mib("VmHWM")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    if not is_main(world):
+        barrier(world)
+        return
     out = Path(args.out)
     write_parquet(out, frame)
     write_json(
@@ -157,7 +228,7 @@ def cmd_score(args: argparse.Namespace) -> None:
             "n": len(frame),
             "wall_seconds": round(seconds, 3),
             # The job's peak resident memory (imports and inputs included), and how far the
-            # method itself raised it above the memory in use when it started.
+            # method itself raised it above the memory in use when it started (rank 0's).
             "peak_rss_mib": round(peak, 1),
             "method_peak_rss_mib": (
                 round(max(method_peak - rss_before, 0.0), 1)
@@ -165,9 +236,11 @@ def cmd_score(args: argparse.Namespace) -> None:
                 else None
             ),
             "device": str(device),
+            "world_size": world.world_size,
         },
     )
     print(f"score {name}: {len(frame)} samples in {seconds:.2f} s -> {out}")
+    barrier(world)
 
 
 def _proc_status_mib(field: str) -> float | None:
@@ -191,21 +264,41 @@ def _reset_peak_rss_mib() -> float | None:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> None:
-    """Sparse FGSM on the proxy: per sample and k, the softmax output and prediction."""
+    """Sparse FGSM on the proxy: per sample and k, the softmax output and prediction
+    (one rank of several under torchrun/srun: each attacks its whole batches, rank 0 writes)."""
+    from robustcore.distributed import destroy
+
+    device, _, world = _setup(args, distributed=True)
+    try:
+        _sensitivity_run(args, device, world)
+    finally:
+        destroy(world)
+
+
+def _sensitivity_run(args: argparse.Namespace, device, world) -> None:
+    """cmd_sensitivity once the process group (if any) is up."""
     from robustcore import data, models
+    from robustcore.distributed import barrier, is_main
     from robustcore.io import write_json
-    from robustcore.runtime import resolve_device, seed_everything
     from robustcore.sensitivity import flip_rates, sensitivity_blocks, write_sensitivity
 
-    device = resolve_device(args.device)
-    seed_everything(args.seed, args.threads)
     model = models.load(args.proxy, device)
     train, _ = data.load(args.data)
     loader = data.Loader(train, args.params.get("batch_size", 256), device)
     started = time.perf_counter()
     blocks = sensitivity_blocks(  # checks the parameters; attacks batch by batch as written
-        model, loader, eps=args.params["eps"], ks=args.params["ks"], mode=args.params["mode"]
+        model,
+        loader,
+        eps=args.params["eps"],
+        ks=args.params["ks"],
+        mode=args.params["mode"],
+        world=world,
     )
+    if not is_main(world):
+        for _ in blocks:  # sends this rank's blocks to rank 0 (nothing is yielded here)
+            pass
+        barrier(world)
+        return
     table = write_sensitivity(args.out, blocks, ks=sorted(args.params["ks"]))
     seconds = time.perf_counter() - started
     flips = flip_rates(table)
@@ -218,9 +311,11 @@ def cmd_sensitivity(args: argparse.Namespace) -> None:
             # invariance and robustness terms of ISEF/FGSM-CS/PSS carry no signal.
             "flip_rate": {str(k): rate for k, rate in flips.items()},
             "wall_seconds": round(seconds, 3),
+            "world_size": world.world_size,
         },
     )
     print(f"sparse FGSM: {len(table)} samples, flips {flips} in {seconds:.2f} s -> {args.out}")
+    barrier(world)
 
 
 def cmd_coreset(args: argparse.Namespace) -> None:
@@ -338,14 +433,25 @@ def _train_run(args: argparse.Namespace, device, generator, world) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    """Clean and robust test accuracy of a trained model under one attack."""
+    """Clean and robust test accuracy of a trained model under one attack (one rank of several
+    under torchrun/srun: each attacks its whole batches, rank 0 writes)."""
+    from robustcore.distributed import destroy
+
+    device, _, world = _setup(args, distributed=True)
+    try:
+        _evaluate_run(args, device, world)
+    finally:
+        destroy(world)
+
+
+def _evaluate_run(args: argparse.Namespace, device, world) -> None:
+    """cmd_evaluate once the process group (if any) is up."""
     from robustcore import data, models
+    from robustcore.distributed import barrier, is_main
     from robustcore.evaluate import evaluate
     from robustcore.io import read_json, write_json, write_parquet
-    from robustcore.runtime import resolve_device, seed_everything, software_versions
+    from robustcore.runtime import software_versions
 
-    device = resolve_device(args.device)
-    seed_everything(args.seed, args.threads)
     model = models.load(args.model, device)
     _, test = data.load(args.data)
     image_size = data.load_meta(args.data).get("image_size")
@@ -356,14 +462,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         image_size=image_size,
         num_workers=args.workers,
     )
-    summary, frame = evaluate(model, loader, args.attack, seed=args.seed)
-    if args.cost:
-        # The run's counted training compute travels with its accuracy, for the report.
-        summary["train_cost"] = read_json(args.cost)
-    out = Path(args.out)
-    write_parquet(out.with_suffix(".parquet"), frame)
-    write_json(out, {**summary, "run": args.tags, "versions": software_versions()})
-    print(f"clean {summary['clean_acc']:.4f} robust {summary['robust_acc']:.4f} -> {out}")
+    summary, frame = evaluate(model, loader, args.attack, seed=args.seed, world=world)
+    if is_main(world):  # every rank holds the same summary and frame
+        if args.cost:
+            # The run's counted training compute travels with its accuracy, for the report.
+            summary["train_cost"] = read_json(args.cost)
+        out = Path(args.out)
+        write_parquet(out.with_suffix(".parquet"), frame)
+        write_json(out, {**summary, "run": args.tags, "versions": software_versions()})
+        print(f"clean {summary['clean_acc']:.4f} robust {summary['robust_acc']:.4f} -> {out}")
+    barrier(world)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from itertools import product
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -162,6 +164,12 @@ def launched_size() -> int:
     return 1 if launch is None else launch[1]
 
 
+def launched_rank() -> int:
+    """This process's rank in the launch torchrun's or srun's environment describes (0: none)."""
+    launch = _launch()
+    return 0 if launch is None else launch[0]
+
+
 def init_from_env(device_name: str) -> World:
     """Join the process group torchrun or srun describes (else: a single-process World)."""
     device = torch.device(device_name)
@@ -214,6 +222,84 @@ def shard_batch(
         return index, x, y
     step, start = world.world_size, world.rank
     return index[start::step], x[start::step].contiguous(), y[start::step]
+
+
+def batch_shard(total: int, batch_size: int, world: World | None) -> np.ndarray:
+    """Positions (0..total-1) of this rank's whole batches of an unshuffled pass over `total` rows.
+
+    The pass is cut into batches of `batch_size` (the last may be shorter); rank r takes
+    batches r, r + W, r + 2W, ... A loader over these rows with the same batch size yields
+    exactly those batches, row for row, so every per-sample result equals the 1-process one.
+    One process: every position.
+    """
+    positions = np.arange(total, dtype=np.int64)
+    if not is_distributed(world):
+        return positions
+    return positions[(positions // int(batch_size)) % world.world_size == world.rank]
+
+
+def gather_in_order(items: Iterable[Any], world: World | None) -> Iterator[Any]:
+    """On rank 0, every rank's items in global order; on the other ranks, send them, yield none.
+
+    Rank r holds items r, r + W, r + 2W, ... of one sequence (its whole batches, `batch_shard`):
+    rank 0 yields items 0, 1, 2, ..., its own next one, then each other rank's (round robin,
+    point to point, one item at a time), so it holds at most one other rank's item at once.
+    Every rank must exhaust the iterator: the other ranks send as it runs. Items are pickled
+    (numpy arrays, frames, blocks). One process: `items` as they come.
+    """
+    if not is_distributed(world):
+        yield from items
+        return
+    if world.rank != 0:
+        for item in items:
+            dist.send_object_list([True, item], dst=0)
+        dist.send_object_list([False, None], dst=0)  # the end of this rank's items
+        return
+    own = iter(items)
+    finished: set[int] = set()
+    while len(finished) < world.world_size:
+        for source in range(world.world_size):
+            if source in finished:
+                continue
+            if source == 0:
+                more, item = True, None
+                try:
+                    item = next(own)
+                except StopIteration:
+                    more = False
+            else:
+                box: list[Any] = [None, None]
+                dist.recv_object_list(box, src=source)
+                more, item = box
+            if not more:
+                finished.add(source)
+            elif finished:
+                raise RuntimeError(
+                    f"gather_in_order: rank {source} sent an item after rank(s) "
+                    f"{sorted(finished)} ended; rank r must hold items r, r + W, ..."
+                )
+            else:
+                yield item
+
+
+def all_gather_in_order(items: Iterable[Any], world: World | None) -> list[Any]:
+    """`gather_in_order`'s list on every rank (rank 0 gathers, then broadcasts it)."""
+    gathered = list(gather_in_order(items, world))
+    return broadcast_object(gathered if is_main(world) else None, world)
+
+
+def broadcast_object(obj: Any, world: World | None, source: int = 0) -> Any:
+    """Rank `source`'s `obj` (picklable) on every rank."""
+    if not is_distributed(world):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=source)
+    return box[0]
+
+
+def sum_over_ranks(value: int | float, world: World | None) -> int | float:
+    """The sum of every rank's `value` (on every rank)."""
+    return sum(all_gather_objects(value, world))
 
 
 def barrier(world: World | None) -> None:

@@ -14,9 +14,17 @@ from torch import nn
 
 from robustcore.cost import Cost
 from robustcore.data import Loader, Split
+from robustcore.distributed import (
+    World,
+    batch_shard,
+    broadcast_object,
+    gather_in_order,
+    is_distributed,
+    is_main,
+)
 from robustcore.io import DivergedError, InputError, write_parquet
 from robustcore.models import has_batch_coupling
-from robustcore.persample import dynamics_rows, per_sample_stats, rows_to_numpy
+from robustcore.persample import DYNAMICS_COLUMNS, dynamics_rows, per_sample_stats, rows_to_numpy
 from robustcore.probe import last_linear
 from robustcore.train import fit
 
@@ -40,18 +48,48 @@ class HeadInputs:
 
 def capture_epoch(model: nn.Module, loader: Loader, head: HeadInputs) -> pd.DataFrame:
     """An eval-mode pass over the (unaugmented) training set: one dynamics row per sample."""
+    return _frame(_capture_parts(model, loader, head))
+
+
+def _capture_parts(model: nn.Module, loader: Loader, head: HeadInputs) -> list[dict]:
+    """The eval-mode pass's batches of dynamics rows (on the device, not read back yet)."""
     parts = []
     for index, x, y in loader.epoch(shuffle=False):
         stats = per_sample_stats(model, x, y)
         logits, losses, input_grad = stats["logits"], stats["losses"], stats["input_grad"]
         parts.append(dynamics_rows(index, logits, y, losses, input_grad, head.latest))
-    return _frame(parts)
+    return parts
 
 
 def _frame(parts: list[dict[str, torch.Tensor]]) -> pd.DataFrame:
     """Concatenate batch columns into a frame sorted by sample index."""
     frame = pd.DataFrame(rows_to_numpy(parts))
     return frame.sort_values("index", kind="stable").reset_index(drop=True)
+
+
+def _gathered_frame(
+    parts: list[dict[str, torch.Tensor]], world: World | None
+) -> pd.DataFrame | None:
+    """Every rank's rows as one frame sorted by sample index, on rank 0 (None on the others).
+
+    Each rank reads its rows back once and sends them as one message; one process: `_frame`.
+    """
+    if not is_distributed(world):
+        return _frame(parts)
+    own = rows_to_numpy(parts) if parts else None  # a rank may hold no row (tiny splits)
+    gathered = [p for p in gather_in_order([own], world) if p is not None]
+    if not is_main(world):
+        return None
+    frame = pd.DataFrame({c: np.concatenate([p[c] for p in gathered]) for c in DYNAMICS_COLUMNS})
+    return frame.sort_values("index", kind="stable").reset_index(drop=True)
+
+
+def _own_loader(split: Split, batch_size: int, world: World | None, **options: Any) -> Loader:
+    """An unshuffled loader over this rank's whole batches of `split` (one process: all of it)."""
+    if not is_distributed(world):
+        return Loader(split, batch_size, **options)
+    rows = batch_shard(len(split), batch_size, world)
+    return Loader(split, batch_size, indices=rows, **options)
 
 
 def train_proxy(
@@ -65,11 +103,19 @@ def train_proxy(
     image_size: int | None = None,
     test: Split | None = None,
     workers: int = 0,
+    world: World | None = None,
 ) -> tuple[list[dict[str, float]], Cost]:
     """Train the proxy on all training samples, writing dynamics/epochNNN.parquet each epoch.
 
     With `test`, the same eval-mode pass over the test set (never trained on) is written as
     dynamics/test_epochNNN.parquet: the test samples' hardness, for per-hardness evaluation.
+
+    With a `world` of W > 1 ranks (every rank calls this alike): fit trains on each rank's
+    shard of every global batch; the eval capture runs each rank over its whole batches
+    (batch_shard) of the training and the test split, the train_step capture keeps the rows of
+    this rank's shard; at each epoch's end the rows are gathered to rank 0, which writes the
+    epoch's files (the same tables as one process writes) and owns the staging folder. Every
+    rank logs rank 0's mean_input_grad_norm. The returned cost is the sum over ranks.
     """
     capture = spec.get("capture", "eval")
     if capture not in CAPTURES:
@@ -81,24 +127,25 @@ def train_proxy(
             "each sample's own. Use capture: eval (the default)."
         )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    main = is_main(world)  # the rank that writes; the others only compute and send rows
     # A fixed name: an interrupted proxy resumes from its checkpoint with the epochs written so far.
     staging = out_dir / ".dynamics.partial"
-    staging.mkdir(exist_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging.mkdir(exist_ok=True)
 
     def keep_epochs_up_to(done: int) -> None:
+        if not main:
+            return
         for path in staging.glob("*epoch*.parquet"):
             if int(path.stem.rsplit("epoch", 1)[1]) > done:
                 path.unlink()
 
     loader = Loader(train, spec["batch_size"], device, image_size=image_size, num_workers=workers)
     eval_batch = spec.get("eval_batch_size", 4 * spec["batch_size"])
-    eval_loader = Loader(train, eval_batch, device, image_size=image_size, num_workers=workers)
-    test_loader = (
-        Loader(test, eval_batch, device, image_size=image_size, num_workers=workers)
-        if test is not None
-        else None
-    )
+    options = {"device": device, "image_size": image_size, "num_workers": workers}
+    eval_loader = _own_loader(train, eval_batch, world, **options)
+    test_loader = _own_loader(test, eval_batch, world, **options) if test is not None else None
     cost = Cost(device=str(device))
     batches: list[dict[str, np.ndarray]] = []
 
@@ -107,17 +154,21 @@ def train_proxy(
 
     def after_epoch(epoch: int) -> dict[str, float]:
         if capture == "eval":
-            frame = capture_epoch(model, eval_loader, head)
-            cost.add("capture", len(frame))
+            parts = _capture_parts(model, eval_loader, head)
+            cost.add("capture", len(eval_loader))  # this rank's rows; fit sums over ranks
         else:
-            frame = _frame(batches)
+            parts = list(batches)
             batches.clear()
-        write_parquet(staging / f"epoch{epoch:03d}.parquet", frame)
+        frame = _gathered_frame(parts, world)
+        if main:
+            write_parquet(staging / f"epoch{epoch:03d}.parquet", frame)
         if test_loader is not None:
-            test_frame = capture_epoch(model, test_loader, head)
-            cost.add("capture_test", len(test_frame))
-            write_parquet(staging / f"test_epoch{epoch:03d}.parquet", test_frame)
-        return {"mean_input_grad_norm": float(frame["input_grad_norm"].mean())}
+            test_frame = _gathered_frame(_capture_parts(model, test_loader, head), world)
+            cost.add("capture_test", len(test_loader))
+            if main:
+                write_parquet(staging / f"test_epoch{epoch:03d}.parquet", test_frame)
+        mean = float(frame["input_grad_norm"].mean()) if main else None
+        return {"mean_input_grad_norm": broadcast_object(mean, world)}  # rank 0's, on all
 
     head = HeadInputs(model)
     try:
@@ -132,17 +183,19 @@ def train_proxy(
             desc="proxy",
             checkpoint_dir=out_dir / "checkpoint",
             on_resume=keep_epochs_up_to,
+            world=world,
         )
     except DivergedError:
         # Resuming would diverge again: start the next attempt from scratch.
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
         raise
     finally:
         head.close()
-    # Publish the epoch files only once the whole run succeeded.
-    final = out_dir / "dynamics"
-    if final.exists():
-        shutil.rmtree(final)
-    staging.rename(final)
+    if main:  # publish the epoch files only once the whole run succeeded
+        final = out_dir / "dynamics"
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
     return log, cost

@@ -8,6 +8,7 @@ with its default is in `DEFAULTS` (per type; `REQUIRED` marks keys without a def
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import sys
 import time
@@ -22,6 +23,14 @@ from torch import nn
 
 from robustcore.attacks import AUTOATTACK_NORMS, autoattack, autoattack_suite, fgsm, random_noise
 from robustcore.data import Loader
+from robustcore.distributed import (
+    World,
+    all_gather_in_order,
+    batch_shard,
+    is_distributed,
+    is_main,
+    sum_over_ranks,
+)
 from robustcore.io import InputError
 from robustcore.perturb import perturbation_size, pgd
 from robustcore.runtime import device_generator, eval_mode
@@ -184,6 +193,15 @@ def _batches(loader: Loader, limit: int) -> Iterator[tuple[torch.Tensor, ...]]:
         yield index[:keep], x[:keep], y[:keep]
 
 
+def batch_seed(seed: int, first: int) -> int:
+    """The seed of one batch's random draws: a 62-bit hash of (seed, its first sample index)."""
+    text = f"{int(seed)}:{int(first)}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 2
+
+
+RUN_KEYS = ("index", "label", "clean_pred", "adv_pred", "size", "outside")
+
+
 def _run(
     model: nn.Module,
     loader: Loader,
@@ -192,20 +210,34 @@ def _run(
     seed: int,
     log: list[dict[str, Any]] | None = None,
     noise_draws: int | None = None,
+    world: World | None = None,
 ) -> dict[str, np.ndarray]:
-    """Clean and adversarial predictions of the first `limit` samples (noise_draws: noise)."""
+    """Clean and adversarial predictions of the first `limit` samples (noise_draws: noise).
+
+    Each batch draws its random starts (and noise) from a device generator of its own, seeded
+    by (seed, the batch's first sample index): the draws do not depend on which process attacks
+    the batch. With W > 1 ranks, rank r attacks the loader's whole batches r, r + W, ... of the
+    first `limit` samples (batch_shard), and every rank returns all of them in the loader's
+    order (all_gather_in_order), as one process does; AutoAttack's records reach `log` in
+    batch order.
+    """
     device = next(model.parameters()).device
-    generator = device_generator(seed, device)
     norm = spec.get("norm", "linf")
-    parts: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("index", "label", "clean_pred", "adv_pred", "size", "outside")
-    }
+    if is_distributed(world):
+        positions = batch_shard(limit, loader.batch_size, world)
+        own = loader.subset(np.asarray(loader.indices, dtype=np.int64)[positions])
+        batches = own.epoch(shuffle=False)
+    else:
+        batches = _batches(loader, limit)
+    parts: list[dict[str, Any]] = []
     with eval_mode(model):
-        for index, x, y in _batches(loader, limit):
+        for index, x, y in batches:
+            generator = device_generator(batch_seed(seed, int(index[0])), device)
+            batch_log: list[dict[str, Any]] | None = None if log is None else []
             with torch.no_grad():
                 clean_pred = model(x).argmax(1)
             if noise_draws is None:
-                x_adv = craft(model, x, y, spec, generator, seed=seed, log=log)
+                x_adv = craft(model, x, y, spec, generator, seed=seed, log=batch_log)
             else:
                 x_adv = random_noise(
                     model, x, y, eps=spec["eps"], norm=norm, draws=noise_draws, generator=generator
@@ -214,16 +246,24 @@ def _run(
                 adv_pred = model(x_adv).argmax(1)
                 size = perturbation_size(x_adv, x, "linf" if spec["type"] == "fgsm" else norm)
                 outside = ((x_adv < 0) | (x_adv > 1)).flatten(1).any(1)
-            for key, value in (
-                ("index", index),
-                ("label", y),
-                ("clean_pred", clean_pred),
-                ("adv_pred", adv_pred),
-                ("outside", outside),
-            ):
-                parts[key].append(value.cpu().numpy().astype(np.int64))
-            parts["size"].append(size.cpu().numpy().astype(np.float64))
-    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+            part: dict[str, Any] = {
+                key: value.cpu().numpy().astype(np.int64)
+                for key, value in (
+                    ("index", index),
+                    ("label", y),
+                    ("clean_pred", clean_pred),
+                    ("adv_pred", adv_pred),
+                    ("outside", outside),
+                )
+            }
+            part["size"] = size.cpu().numpy().astype(np.float64)
+            part["log"] = batch_log
+            parts.append(part)
+    parts = all_gather_in_order(parts, world)
+    if log is not None:
+        for part in parts:
+            log.extend(part["log"])
+    return {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in RUN_KEYS}
 
 
 def _robust(run: dict[str, np.ndarray]) -> np.ndarray:
@@ -232,13 +272,24 @@ def _robust(run: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def evaluate(
-    model: nn.Module, loader: Loader, spec: dict[str, Any], *, seed: int = 0
+    model: nn.Module,
+    loader: Loader,
+    spec: dict[str, Any],
+    *,
+    seed: int = 0,
+    world: World | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Clean and adversarial correctness of the (first n_points) test samples; summary and frame.
 
     The summary has n (samples attacked), clean_acc, robust_acc, the resolved attack settings,
-    seed, seconds, device, the costs (counted model forwards), and — unless the spec sets
-    ``hygiene: false`` — the hygiene checks (see `hygiene`) and ``possible_gradient_masking``.
+    seed, seconds, device, world_size, the costs (counted model forwards), and — unless the
+    spec sets ``hygiene: false`` — the hygiene checks (see `hygiene`) and
+    ``possible_gradient_masking``.
+
+    With a `world` of W > 1 ranks (every rank calls this alike, `loader` the whole test split):
+    each run (the evaluation and every hygiene run) is sharded by whole batches and gathered
+    to every rank (see `_run`), so every rank computes the same frame, summary and checks as
+    one process; counted forwards are summed over ranks, seconds are this rank's.
     """
     settings = resolve_attack(spec)
     if settings["type"] == "autoattack" and settings["seed"] is None:
@@ -248,7 +299,8 @@ def evaluate(
     log: list[dict[str, Any]] = []
     started = time.perf_counter()
     with _count_forwards(model) as forwards:
-        run = _run(model, loader, limit, settings, seed, log)
+        run = _run(model, loader, limit, settings, seed, log, world=world)
+    attack_forwards = sum_over_ranks(forwards[0], world)
     attack_seconds = time.perf_counter() - started
     frame = pd.DataFrame({k: run[k] for k in ("index", "label", "clean_pred", "adv_pred")})
     frame["clean_correct"] = frame["clean_pred"] == frame["label"]
@@ -263,6 +315,7 @@ def evaluate(
         "attack": settings,
         "seed": seed,
         "device": str(device),
+        "world_size": 1 if world is None else world.world_size,
         "max_perturbation": float(run["size"].max()) if len(frame) else 0.0,
     }
     if settings["type"] == "autoattack":
@@ -270,7 +323,7 @@ def evaluate(
     checks: dict[str, dict[str, Any]] = {}
     hygiene_cost: dict[str, Any] = {"n": 0, "runs": [], "seconds": 0.0, "sample_forwards": 0}
     if settings["hygiene"] and settings["type"] != "none" and len(frame):
-        checks, hygiene_cost = hygiene(model, loader, settings, run, seed=seed)
+        checks, hygiene_cost = hygiene(model, loader, settings, run, seed=seed, world=world)
         checks["within_budget"] = {
             "passed": bool(run["size"].max() <= eps + BUDGET_SLACK and not run["outside"].any()),
             "detail": {
@@ -291,13 +344,13 @@ def evaluate(
         any(not c["passed"] for c in checks.values()) if checks else None
     )
     failed = [name for name, check in checks.items() if not check["passed"]]
-    if failed:
+    if failed and is_main(world):
         print(
             f"hygiene: possible gradient masking or a broken evaluation; failed: {failed}",
             file=sys.stderr,
         )
     summary["cost"] = {
-        "attack": {"seconds": round(attack_seconds, 3), "sample_forwards": forwards[0]},
+        "attack": {"seconds": round(attack_seconds, 3), "sample_forwards": attack_forwards},
         "hygiene": hygiene_cost,
     }
     summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -361,6 +414,7 @@ def hygiene(
     run: dict[str, np.ndarray],
     *,
     seed: int = 0,
+    world: World | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Sanity checks of a robust evaluation against gradient masking and evaluation bugs.
 
@@ -386,7 +440,8 @@ def hygiene(
     forwards (the attack short-circuits); ε/2 — ≤ R·S forward+backward; 2× steps — ≤ 2·R·S;
     FGSM — 1; noise — ≤ noise_draws forwards; plus one clean forward per run. For pgd that is
     about 3× the evaluation on h points; for autoattack the PGD-20 runs (≈ 80 forward+backward)
-    are small next to AutoAttack. The counted cost is returned with the checks.
+    are small next to AutoAttack. The counted cost is returned with the checks (forwards
+    summed over the ranks of `world`, whose every rank runs the checks alike: see evaluate).
     """
     started = time.perf_counter()
     h = len(run["label"])
@@ -402,9 +457,8 @@ def hygiene(
     def acc_of(name: str, spec: dict[str, Any], noise: bool = False) -> tuple[float, np.ndarray]:
         """Robust accuracy of one extra run on the h points (and its adversarial predictions)."""
         runs.append(name)
-        extra = _run(
-            model, loader, h, spec, seed, noise_draws=settings["noise_draws"] if noise else None
-        )
+        draws = settings["noise_draws"] if noise else None
+        extra = _run(model, loader, h, spec, seed, noise_draws=draws, world=world)
         return float(_robust(extra).mean()), extra["adv_pred"]
 
     def inequality(name: str, low: float, high: float, labels: tuple[str, str]) -> None:
@@ -452,6 +506,6 @@ def hygiene(
         "n": h,
         "runs": runs,
         "seconds": round(time.perf_counter() - started, 3),
-        "sample_forwards": forwards[0],
+        "sample_forwards": sum_over_ranks(forwards[0], world),
     }
     return checks, cost

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from robustcore.data import Loader
+from robustcore.distributed import World, batch_shard, gather_in_order, is_distributed, is_main
 from robustcore.io import InputError, read_npz, write_npz
 from robustcore.runtime import eval_mode
 
@@ -71,32 +72,51 @@ def last_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def run_probe(model: nn.Module, loader: Loader) -> ProbeData:
+def run_probe(model: nn.Module, loader: Loader, world: World | None = None) -> ProbeData | None:
     """Forward the (unaugmented) training set once in eval mode, recording the head's input.
 
     Each batch is written into arrays of the final size at its samples' sorted positions, so the
     job holds one copy of N × (d + C) floats (ImageNet: 15.6 GB), not the batches and their
     concatenation besides.
+
+    With a `world` of W > 1 ranks (every rank calls this alike): rank r forwards the loader's
+    whole batches r, r + W, ... (batch_shard), and rank 0 receives them one at a time in the
+    loader's order (gather_in_order), fills its arrays and returns the probe, equal to the
+    1-process one; the other ranks return None.
     """
     head = last_linear(model)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
     index = np.sort(np.asarray(loader.indices, dtype=np.int64))
+    own = loader
+    if is_distributed(world):
+        positions = batch_shard(len(loader), loader.batch_size, world)
+        own = loader.subset(np.asarray(loader.indices, dtype=np.int64)[positions])
+
+    def batches():
+        """This rank's batches as host arrays: (index, features, logits, labels)."""
+        for batch_index, x, y in own.epoch(shuffle=False):
+            batch_logits = model(x).float().cpu().numpy()
+            batch_features = captured.pop().flatten(1).float().cpu().numpy()
+            yield batch_index.cpu().numpy(), batch_features, batch_logits, y.cpu().numpy()
+
     labels = np.empty(len(index), dtype=np.int64)
     features = logits = None
     try:
         with eval_mode(model), torch.no_grad():
-            for batch_index, x, y in loader.epoch(shuffle=False):
-                batch_logits = model(x).float().cpu().numpy()
-                batch_features = captured.pop().flatten(1).float().cpu().numpy()
+            for batch_index, batch_features, batch_logits, batch_labels in gather_in_order(
+                batches(), world
+            ):
                 if features is None:
                     features = np.empty((len(index), batch_features.shape[1]), np.float32)
                     logits = np.empty((len(index), batch_logits.shape[1]), np.float32)
-                rows = np.searchsorted(index, batch_index.cpu().numpy())
+                rows = np.searchsorted(index, batch_index)
                 features[rows], logits[rows] = batch_features, batch_logits
-                labels[rows] = y.cpu().numpy()
+                labels[rows] = batch_labels
     finally:
         hook.remove()
+    if not is_main(world):
+        return None
     if features is None:
         raise InputError("the probe's loader yielded no samples")
     return ProbeData(

@@ -28,6 +28,7 @@ from torch import nn
 
 from robustcore.cost import Cost
 from robustcore.data import Loader
+from robustcore.distributed import World, batch_shard, gather_in_order, is_distributed
 from robustcore.io import InputError, atomic_path
 from robustcore.persample import per_sample_stats
 from robustcore.runtime import eval_mode, frozen
@@ -265,13 +266,24 @@ def sensitivity_blocks(
     ks: Sequence[int],
     mode: str,
     cost: Cost | None = None,
+    world: World | None = None,
 ) -> Iterator[SensitivityBlock]:
-    """Sparse FGSM batch by batch in the loader's order; levels 0 (clean), then ks ascending."""
+    """Sparse FGSM batch by batch in the loader's order; levels 0 (clean), then ks ascending.
+
+    With a `world` of W > 1 ranks (every rank calls this alike): rank r attacks the loader's
+    whole batches r, r + W, ... (batch_shard) and the blocks reach rank 0 one at a time in the
+    loader's order (gather_in_order); there the iterator yields every block, on the other ranks
+    none, and every rank must exhaust it (that is when they send theirs).
+    """
     ks = sorted(check_params(eps, ks, mode))  # checked now, not at the first batch
+    own = loader
+    if is_distributed(world):
+        positions = batch_shard(len(loader), loader.batch_size, world)
+        own = loader.subset(np.asarray(loader.indices, dtype=np.int64)[positions])
 
     def attack_batches() -> Iterator[SensitivityBlock]:
-        """One block per loader batch."""
-        for index, x, y in loader.epoch(shuffle=False):
+        """One block per batch of this rank."""
+        for index, x, y in own.epoch(shuffle=False):
             clean_logits, adv = _attack(model, x, y, eps=float(eps), ks=ks, mode=mode)
             logits = [clean_logits]
             with eval_mode(model), frozen(model), torch.no_grad():
@@ -286,7 +298,7 @@ def sensitivity_blocks(
                 probs=np.stack([_probabilities(z) for z in logits], axis=1),
             )
 
-    return attack_batches()
+    return gather_in_order(attack_batches(), world)
 
 
 def sensitivity_table(

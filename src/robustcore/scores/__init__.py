@@ -44,15 +44,26 @@ def load_inputs(
     proxy_dir: str | os.PathLike,
     data_dir: str | os.PathLike,
     device: torch.device,
+    rows: np.ndarray | None = None,
 ) -> ScoreInputs:
-    """Read what `method` declares it needs from a proxy folder (and the dataset for `model`)."""
+    """Read what `method` declares it needs from a proxy folder (and the dataset for `model`).
+
+    `rows` (ascending sample rows; default all) restricts the inputs to those samples: one
+    rank's shard, for a method that needs only the model and scores each sample on its own.
+    """
     from robustcore import data, models
     from robustcore.io import read_npz
     from robustcore.probe import load_probe
 
     proxy_dir = Path(proxy_dir)
     labels = read_npz(Path(data_dir) / "train.npz", ["labels"])["labels"]
-    inputs = ScoreInputs(index=np.arange(len(labels), dtype=np.int64), labels=labels, device=device)
+    index = np.arange(len(labels), dtype=np.int64)
+    if rows is not None:
+        if method.needs != ("model",):
+            raise ValueError(f"score method {method.name!r} reads {method.needs}: not by rows")
+        index = np.asarray(rows, dtype=np.int64)
+        labels = labels[index]
+    inputs = ScoreInputs(index=index, labels=labels, device=device)
     if "dynamics" in method.needs:
         inputs.dynamics = read_dynamics(proxy_dir / "dynamics")
     if "probe" in method.needs:

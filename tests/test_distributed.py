@@ -119,7 +119,7 @@ def _fit_2(tmp: Path, n: int, training: dict, checkpoint_dir=None, signal_rank=-
     """A 2-process fit; both ranks' results."""
     tmp.mkdir(parents=True, exist_ok=True)
     _spawn(_fit_worker, n, training, str(tmp), checkpoint_dir, signal_rank, at)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -223,7 +223,7 @@ def _gradient_worker(rank, size, port, folder):
 def test_gradient_reduction_weights_ranks_by_their_share_of_an_uneven_batch(tmp_path):
     _spawn(_gradient_worker, str(tmp_path))
     for rank in range(2):
-        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert result["shard"] == (4, 3)[rank]
         assert result["weighted"] < 1e-6  # Σ n_r g_r / N: the global mean's gradient
         assert result["equal"] > 1e-3  # a plain average of the ranks' means is not

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,18 @@ def _setup(args: argparse.Namespace, *, distributed: bool = False):
     return device, generator, world
 
 
+@contextlib.contextmanager
+def _process_group(args: argparse.Namespace) -> Iterator[tuple[Any, Any, Any]]:
+    """`_setup` with the process group torchrun/srun describe, left again when the block ends."""
+    from robustcore.distributed import destroy
+
+    device, generator, world = _setup(args, distributed=True)
+    try:
+        yield device, generator, world
+    finally:
+        destroy(world)
+
+
 def _fresh_model(args: argparse.Namespace, device):
     """The dataset's meta, the model spec and a freshly initialised model on `device`."""
     from robustcore import data, models
@@ -86,13 +99,8 @@ def _fresh_model(args: argparse.Namespace, device):
 def cmd_proxy(args: argparse.Namespace) -> None:
     """Train a proxy on the full training set and record per-sample dynamics every epoch
     (one rank of several under torchrun/srun)."""
-    from robustcore.distributed import destroy
-
-    device, generator, world = _setup(args, distributed=True)
-    try:
+    with _process_group(args) as (device, generator, world):
         _proxy_run(args, device, generator, world)
-    finally:
-        destroy(world)
 
 
 def _proxy_run(args: argparse.Namespace, device, generator, world) -> None:
@@ -266,13 +274,8 @@ def _reset_peak_rss_mib() -> float | None:
 def cmd_sensitivity(args: argparse.Namespace) -> None:
     """Sparse FGSM on the proxy: per sample and k, the softmax output and prediction
     (one rank of several under torchrun/srun: each attacks its whole batches, rank 0 writes)."""
-    from robustcore.distributed import destroy
-
-    device, _, world = _setup(args, distributed=True)
-    try:
+    with _process_group(args) as (device, _, world):
         _sensitivity_run(args, device, world)
-    finally:
-        destroy(world)
 
 
 def _sensitivity_run(args: argparse.Namespace, device, world) -> None:
@@ -372,15 +375,11 @@ def cmd_coreset(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train a model on a coreset under a regime (one rank of several under torchrun/srun)."""
-    from robustcore.distributed import destroy
     from robustcore.regimes import regime_of
 
     regime_of(args.regime)  # an unknown regime fails before any data is read
-    device, generator, world = _setup(args, distributed=True)
-    try:
+    with _process_group(args) as (device, generator, world):
         _train_run(args, device, generator, world)
-    finally:
-        destroy(world)
 
 
 def _train_run(args: argparse.Namespace, device, generator, world) -> None:
@@ -435,13 +434,8 @@ def _train_run(args: argparse.Namespace, device, generator, world) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Clean and robust test accuracy of a trained model under one attack (one rank of several
     under torchrun/srun: each attacks its whole batches, rank 0 writes)."""
-    from robustcore.distributed import destroy
-
-    device, _, world = _setup(args, distributed=True)
-    try:
+    with _process_group(args) as (device, _, world):
         _evaluate_run(args, device, world)
-    finally:
-        destroy(world)
 
 
 def _evaluate_run(args: argparse.Namespace, device, world) -> None:
